@@ -1,0 +1,82 @@
+"""Composition root: the only place that wires the node's parts together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import socketio
+from aiohttp import web
+
+from server.config import Config
+from server.metrics import Metrics
+from server.rooms import Rooms
+from server.sfu.connections import MediaSettings
+from server.sfu.ice import restrict_host_addresses
+from server.sfu.stats import SfuStats
+from signaling.namespace import MeetingNamespace
+
+log = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", Config)
+ROOMS = web.AppKey("rooms", Rooms)
+METRICS = web.AppKey("metrics", Metrics)
+SIGNALING = web.AppKey("signaling", MeetingNamespace)
+STATS = web.AppKey("stats", SfuStats)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    # Embedded default: nothing outside the process to wait for. Redis checks join later.
+    return web.json_response({"status": "ready", "rooms": len(request.app[ROOMS].by_name)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(
+        body=body,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
+def make_app(config: Config) -> web.Application:
+    """Build a node: HTTP routes, Socket.IO signaling, the SFU."""
+    restrict_host_addresses(config.ice_host_addresses)
+    app = web.Application(client_max_size=1024 * 1024)
+    stats = SfuStats()
+    media = MediaSettings(ice_servers=config.ice_servers, public_address=config.ice_public_address)
+    rooms = Rooms(media, stats)
+    node_metrics = Metrics(rooms, stats)
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp", max_http_buffer_size=256 * 1024, logger=False, engineio_logger=False
+    )
+    namespace = MeetingNamespace(rooms, node_metrics, list(config.ice_servers))
+    rooms.notifier = namespace
+    sio.register_namespace(namespace)
+    sio.attach(app)
+
+    app[CONFIG] = config
+    app[ROOMS] = rooms
+    app[METRICS] = node_metrics
+    app[SIGNALING] = namespace
+    app[STATS] = stats
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+
+    from server.pages import setup_pages  # web UI routes, written with the templates
+
+    setup_pages(app, config)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        log.info("node ready on %s", config.base_url)
+        yield
+        await rooms.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,77 @@
+"""The few named errors of the node; each edge (Socket.IO ack, HTTP) translates them once."""
+
+from __future__ import annotations
+
+
+class GiaoBanError(Exception):
+    """Base error with a stable `code` for programs and a bilingual message for people."""
+
+    code = "internal"
+    message_vi = "Lỗi máy chủ"
+    message_en = "Server error"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.message_en)
+        self.detail = detail
+
+    @property
+    def message(self) -> str:
+        text = f"{self.message_vi} / {self.message_en}"
+        return f"{text}: {self.detail}" if self.detail else text
+
+    def to_wire(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class ConfigError(GiaoBanError):
+    code = "config"
+    message_vi = "Cấu hình sai"
+    message_en = "Invalid configuration"
+
+
+class BadRequest(GiaoBanError):
+    code = "bad_request"
+    message_vi = "Yêu cầu không hợp lệ"
+    message_en = "Bad request"
+
+
+class TooLarge(GiaoBanError):
+    code = "too_large"
+    message_vi = "Dữ liệu quá lớn"
+    message_en = "Payload too large"
+
+
+class UnknownEvent(GiaoBanError):
+    code = "unknown_event"
+    message_vi = "Sự kiện không được hỗ trợ"
+    message_en = "Unknown event"
+
+
+class NotJoined(GiaoBanError):
+    code = "not_joined"
+    message_vi = "Chưa vào phòng họp"
+    message_en = "Not in a room"
+
+
+class AlreadyJoined(GiaoBanError):
+    code = "already_joined"
+    message_vi = "Đã ở trong phòng họp"
+    message_en = "Already in a room"
+
+
+class NotFound(GiaoBanError):
+    code = "not_found"
+    message_vi = "Không tìm thấy"
+    message_en = "Not found"
+
+
+class Conflict(GiaoBanError):
+    code = "conflict"
+    message_vi = "Thao tác không đúng thứ tự"
+    message_en = "Out-of-order request"
+
+
+class Forbidden(GiaoBanError):
+    code = "forbidden"
+    message_vi = "Không có quyền"
+    message_en = "Forbidden"

@@ -1,0 +1,89 @@
+"""Prometheus metrics of a node: counters of state changes, and media-plane figures read
+from plain counters at scrape time (nothing locks on the per-packet path)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from server.rooms import Rooms
+from server.sfu.stats import SfuStats
+
+
+class _MediaCollector(Collector):
+    def __init__(self, rooms: Rooms, stats: SfuStats) -> None:
+        self._rooms = rooms
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        s = self._stats
+        yield GaugeMetricFamily(
+            "giaoban_rooms", "Rooms open on this node", value=len(self._rooms.by_name)
+        )
+        yield GaugeMetricFamily(
+            "giaoban_participants",
+            "Participants in rooms on this node",
+            value=self._rooms.participant_count,
+        )
+        yield GaugeMetricFamily(
+            "giaoban_peer_connections", "Open WebRTC peer connections", value=s.peer_connections
+        )
+        for name, doc, value in (
+            ("received_packets", "RTP packets received from publishers", s.received_packets),
+            (
+                "duplicate_packets",
+                "Retransmitted packets skipped as already forwarded",
+                s.duplicate_packets,
+            ),
+            ("forwarded_packets", "RTP packets forwarded to subscribers", s.forwarded_packets),
+            ("forwarded_bytes", "RTP bytes forwarded to subscribers", s.forwarded_bytes),
+            (
+                "dropped_packets",
+                "Packets dropped for slow or disconnected subscribers",
+                s.dropped_packets,
+            ),
+            (
+                "retransmitted_packets",
+                "Packets resent to subscribers on NACK",
+                s.retransmitted_packets,
+            ),
+            (
+                "keyframe_requests",
+                "Keyframe requests (PLI) sent to publishers",
+                s.keyframe_requests,
+            ),
+        ):
+            yield CounterMetricFamily(f"giaoban_{name}", doc, value=value)
+
+
+class Metrics:
+    """One registry per node (so tests can run several nodes in one process)."""
+
+    def __init__(self, rooms: Rooms, stats: SfuStats) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_MediaCollector(rooms, stats))
+        self.signaling_errors = Counter(
+            "giaoban_signaling_errors",
+            "Signaling requests answered with an error",
+            ["code", "event"],
+            registry=self.registry,
+        )
+        self.joins = Counter(
+            "giaoban_joins", "Participants who joined a room", registry=self.registry
+        )
+        self.leaves = Counter(
+            "giaoban_leaves", "Participants who left a room", registry=self.registry
+        )
+
+    def signaling_error(self, code: str, event: str) -> None:
+        known = event if event in _EVENTS else "other"
+        self.signaling_errors.labels(code=code, event=known).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+_EVENTS = {"join", "publish", "unpublish", "subscribe", "down_answer", "ice", "mute", "leave"}

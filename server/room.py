@@ -1,0 +1,240 @@
+"""Rooms and their participants on this node: who is in, what they publish, who receives it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from server.errors import BadRequest, NotFound
+from server.sfu.connections import DownConnection, MediaSettings, UpConnection
+from server.sfu.speaker import ActiveSpeakerDetector
+from server.sfu.stats import SfuStats
+from server.sfu.up_track import UpTrack
+
+log = logging.getLogger(__name__)
+
+MAX_UP_CONNECTIONS = 4
+SPEAKER_INTERVAL = 0.25
+
+
+class Notifier(Protocol):
+    """How a room tells participants what happened (the signaling layer implements it)."""
+
+    def to_room(
+        self, room: str, event: str, payload: dict[str, Any], skip: str | None = None
+    ) -> Awaitable[None]: ...
+
+    def to_participant(
+        self, participant_id: str, event: str, payload: dict[str, Any]
+    ) -> Awaitable[None]: ...
+
+
+@dataclass
+class Participant:
+    """One person (or one site's hall) in a room, with their peer connections."""
+
+    id: str
+    name: str
+    room: Room
+    joined_at: float = field(default_factory=time.time)
+    up: dict[str, UpConnection] = field(default_factory=dict)
+    down: DownConnection | None = None
+    left: bool = False
+
+    @property
+    def tracks(self) -> list[UpTrack]:
+        return [t for conn in self.up.values() for t in conn.tracks.values()]
+
+    def track(self, track_id: str) -> UpTrack:
+        for track in self.tracks:
+            if track.id == track_id:
+                return track
+        raise NotFound(f"track {track_id}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "tracks": [t.describe() for t in self.tracks]}
+
+
+class Room:
+    """A meeting on this node. Every method is called with the participant's lock held."""
+
+    def __init__(
+        self, name: str, settings: MediaSettings, stats: SfuStats, notifier: Notifier
+    ) -> None:
+        self.name = name
+        self.participants: dict[str, Participant] = {}
+        self._settings = settings
+        self._stats = stats
+        self._notifier = notifier
+        self._speakers = ActiveSpeakerDetector()
+        self._speaker_task: asyncio.Task[None] | None = None
+
+    # -- membership -------------------------------------------------------------------------
+
+    async def join(self, name: str) -> Participant:
+        participant = Participant(f"p-{uuid.uuid4().hex[:12]}", name, self)
+        self.participants[participant.id] = participant
+        log.info("join room=%s participant=%s name=%r", self.name, participant.id, name)
+        if self._speaker_task is None:
+            self._speaker_task = asyncio.ensure_future(self._watch_speakers())
+        await self._notifier.to_room(
+            self.name, "participant_joined", participant.describe(), skip=participant.id
+        )
+        return participant
+
+    async def leave(self, participant: Participant) -> None:
+        """Close the participant's connections and tell the others; safe to call twice."""
+        if participant.left:
+            return
+        participant.left = True
+        self.participants.pop(participant.id, None)
+        for conn in list(participant.up.values()):
+            self._withdraw(conn)
+            await conn.close()
+        participant.up.clear()
+        if participant.down is not None:
+            await participant.down.close()
+            participant.down = None
+        self._speakers.forget(participant.id)
+        log.info("leave room=%s participant=%s", self.name, participant.id)
+        await self._notifier.to_room(
+            self.name, "participant_left", {"participant_id": participant.id}
+        )
+        if not self.participants and self._speaker_task is not None:
+            self._speaker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._speaker_task
+            self._speaker_task = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.participants
+
+    # -- media ------------------------------------------------------------------------------
+
+    async def publish(
+        self, participant: Participant, pc_name: str, sdp: str, sources: dict[str, str]
+    ) -> tuple[str, list[UpTrack]]:
+        conn = participant.up.get(pc_name)
+        if conn is None:
+            if len(participant.up) >= MAX_UP_CONNECTIONS:
+                raise BadRequest(f"at most {MAX_UP_CONNECTIONS} publishing connections")
+            conn = UpConnection(
+                pc_name,
+                participant.id,
+                self._settings,
+                self._stats,
+                self._on_audio_level,
+                lambda: None,
+            )
+            participant.up[pc_name] = conn
+        try:
+            answer, added = await conn.negotiate(sdp, sources)
+        except Exception:
+            if not conn.tracks:
+                participant.up.pop(pc_name, None)
+                await conn.close()
+            raise
+        for track in added:
+            log.info(
+                "publish room=%s participant=%s track=%s kind=%s source=%s codec=%s",
+                self.name,
+                participant.id,
+                track.id,
+                track.kind,
+                track.source,
+                track.codec.mimeType,
+            )
+            for other in self.participants.values():
+                if other is not participant and other.down is not None:
+                    other.down.add(track)
+            await self._notifier.to_room(
+                self.name, "track_added", track.describe(), skip=participant.id
+            )
+        return answer, added
+
+    async def unpublish(self, participant: Participant, pc_name: str) -> None:
+        conn = participant.up.pop(pc_name, None)
+        if conn is None:
+            raise NotFound(f"publishing connection {pc_name!r}")
+        removed = self._withdraw(conn)
+        await conn.close()
+        for track in removed:
+            log.info(
+                "unpublish room=%s participant=%s track=%s", self.name, participant.id, track.id
+            )
+            await self._notifier.to_room(
+                self.name, "track_removed", {"track_id": track.id, "participant_id": participant.id}
+            )
+
+    def _withdraw(self, conn: UpConnection) -> list[UpTrack]:
+        tracks = list(conn.tracks.values())
+        for track in tracks:
+            for other in self.participants.values():
+                if other.down is not None:
+                    other.down.remove(track)
+        return tracks
+
+    async def subscribe(self, participant: Participant) -> None:
+        """(Re)start the participant's down connection with every other participant's tracks."""
+        if participant.down is not None:
+            await participant.down.close()
+
+        async def send_offer(revision: int, sdp: str, tracks: list[dict[str, str]]) -> None:
+            await self._notifier.to_participant(
+                participant.id, "down_offer", {"revision": revision, "sdp": sdp, "tracks": tracks}
+            )
+
+        down = DownConnection(participant.id, self._settings, self._stats, send_offer, lambda: None)
+        participant.down = down
+        log.info("subscribe room=%s participant=%s", self.name, participant.id)
+        others = [t for p in self.participants.values() if p is not participant for t in p.tracks]
+        # With nothing to receive yet, no offer is sent: the first track starts the connection.
+        for track in others:
+            down.add(track)
+
+    async def set_muted(self, participant: Participant, track_id: str, muted: bool) -> UpTrack:
+        track = participant.track(track_id)
+        if track.muted != muted:
+            track.set_muted(muted)
+            log.info(
+                "mute room=%s participant=%s track=%s muted=%s",
+                self.name,
+                participant.id,
+                track.id,
+                muted,
+            )
+            await self._notifier.to_room(
+                self.name, "track_updated", track.describe(), skip=participant.id
+            )
+        return track
+
+    # -- active speaker ---------------------------------------------------------------------
+
+    def _on_audio_level(self, participant_id: str, level: int, voice: bool) -> None:
+        self._speakers.add(participant_id, level, voice, time.monotonic())
+
+    async def _watch_speakers(self) -> None:
+        while True:
+            await asyncio.sleep(SPEAKER_INTERVAL)
+            changed = self._speakers.update(time.monotonic())
+            if changed is False:
+                continue
+            speaker = changed if isinstance(changed, str) else None
+            level = self._speakers.level_of(speaker) if speaker else 127
+            try:
+                await self._notifier.to_room(
+                    self.name, "active_speaker", {"participant_id": speaker, "level": level}
+                )
+            except Exception:
+                log.exception("active speaker notice failed in room=%s", self.name)
+
+    async def close(self) -> None:
+        for participant in list(self.participants.values()):
+            await self.leave(participant)

@@ -1,0 +1,286 @@
+"""The one module that reaches into aiortc's private internals (pinned: aiortc==1.16.0).
+
+Forwarding needs three things aiortc does not offer publicly:
+- on a receiver, every parsed RTP packet (after RTX unwrapping) handed to us instead of its
+  jitter buffer and decoder thread, while aiortc keeps sending NACKs, receiver reports and REMB;
+- on a sender, RTCP feedback (NACK, PLI/FIR, REMB) handed to us, since its own handling feeds
+  an encoder we never run, and our packets counted in its sender reports;
+- the negotiated send parameters (codecs, header-extension ids, mid) of a sender.
+
+`check_internals()` runs at import and tests/unit/test_aiortc_tap.py asserts it, so an aiortc
+upgrade that moves any of these fails loudly instead of silently decoding or dropping media.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiortc
+from aiortc import RTCRtpReceiver, RTCRtpSender, clock
+from aiortc import rtcrtpreceiver as _receiver_module
+from aiortc.codecs import is_rtx
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    HeaderExtensionsMap,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
+    unwrap_rtx,
+    wrap_rtx,
+)
+
+SUPPORTED_AIORTC = "1.16.0"
+
+_R = "_RTCRtpReceiver__"
+_S = "_RTCRtpSender__"
+_RECEIVER_FIELDS = (
+    "codecs",
+    "rtx_ssrc",
+    "remote_streams",
+    "nack_generator",
+    "remote_bitrate_estimator",
+    "rtcp_ssrc",
+    "decoder_thread",
+)
+_SENDER_FIELDS = ("ntp_timestamp", "rtp_timestamp", "octet_count", "packet_count")
+
+
+class TapError(RuntimeError):
+    """aiortc's internals are not what this module was written against."""
+
+
+def check_internals() -> None:
+    """Raise TapError if the installed aiortc is not the version whose internals we use."""
+    if aiortc.__version__ != SUPPORTED_AIORTC:
+        raise TapError(
+            f"aiortc {aiortc.__version__} installed, server/sfu/aiortc_tap.py is written for "
+            f"{SUPPORTED_AIORTC}: check its private fields before changing the pin"
+        )
+    for name in ("decoder_worker", "StreamStatistics"):
+        if not hasattr(_receiver_module, name):
+            raise TapError(f"aiortc.rtcrtpreceiver.{name} is gone")
+    for method in ("_handle_rtp_packet", "_send_rtcp", "_send_rtcp_nack", "_send_rtcp_pli"):
+        if not hasattr(RTCRtpReceiver, method):
+            raise TapError(f"RTCRtpReceiver.{method} is gone")
+    if not hasattr(RTCRtpSender, "_handle_rtcp_packet"):
+        raise TapError("RTCRtpSender._handle_rtcp_packet is gone")
+
+
+check_internals()
+
+# Decoder threads of forwarded receivers exit at once: aiortc starts one per receiver in
+# receive(), whether or not anyone reads the track. We mark the receivers' track queues.
+_forwarded_queues: weakref.WeakSet[object] = weakref.WeakSet()
+_original_decoder_worker = _receiver_module.decoder_worker
+
+
+def _decoder_worker(loop, input_q, output_q, error):  # type: ignore[no-untyped-def]
+    if output_q in _forwarded_queues:
+        return None
+    return _original_decoder_worker(loop, input_q, output_q, error)
+
+
+_receiver_module.decoder_worker = _decoder_worker
+
+
+def _require(obj: object, prefix: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not hasattr(obj, prefix + name):
+            raise TapError(f"{type(obj).__name__} has no private field {name!r}")
+
+
+# Called with (packet after RTX unwrap, its codec, whether it arrived as a retransmission).
+PacketSink = Callable[[RtpPacket, RTCRtpCodecParameters, bool], Awaitable[None]]
+
+
+def disable_decoding(receiver: RTCRtpReceiver, on_packet: PacketSink) -> None:
+    """Send every RTP packet of `receiver` to `on_packet`; no jitter buffer, no decoder.
+
+    Call it from the peer connection's "track" event, before the receiver starts.
+    """
+    _require(receiver, _R, _RECEIVER_FIELDS)
+    if getattr(receiver, _R + "decoder_thread") is not None:
+        raise TapError("disable_decoding() must run before the receiver starts")
+    _forwarded_queues.add(receiver.track._queue)
+
+    # These containers are created in __init__ and filled in receive(): hold them once.
+    codecs: dict[int, RTCRtpCodecParameters] = getattr(receiver, _R + "codecs")
+    rtx_ssrc: dict[int, int] = getattr(receiver, _R + "rtx_ssrc")
+    streams: dict = getattr(receiver, _R + "remote_streams")
+    nack_generator = getattr(receiver, _R + "nack_generator")
+    estimator = getattr(receiver, _R + "remote_bitrate_estimator")
+    statistics_class = _receiver_module.StreamStatistics
+    rtcp_ssrc_field = _R + "rtcp_ssrc"
+
+    async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+        if not receiver._enabled:
+            return
+        # REMB lets the browser size its bitrate (aiortc does not negotiate transport-cc).
+        if estimator is not None and packet.extensions.abs_send_time is not None:
+            remb = estimator.add(
+                abs_send_time=packet.extensions.abs_send_time,
+                arrival_time_ms=arrival_time_ms,
+                payload_size=len(packet.payload) + packet.padding_size,
+                ssrc=packet.ssrc,
+            )
+            rtcp_ssrc = getattr(receiver, rtcp_ssrc_field)
+            if rtcp_ssrc is not None and remb is not None:
+                await receiver._send_rtcp(
+                    RtcpPsfbPacket(
+                        fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb)
+                    )
+                )
+        codec = codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        stream = streams.get(packet.ssrc)
+        if stream is None:
+            stream = streams[packet.ssrc] = statistics_class(codec.clockRate)
+        stream.add(packet)  # feeds aiortc's receiver reports
+
+        retransmitted = False
+        if is_rtx(codec):
+            original_ssrc = rtx_ssrc.get(packet.ssrc)
+            apt = codec.parameters.get("apt")
+            if (
+                original_ssrc is None
+                or len(packet.payload) < 2
+                or not isinstance(apt, int)
+                or apt not in codecs
+            ):
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
+            codec = codecs[apt]
+            retransmitted = True
+        if nack_generator is not None and nack_generator.add(packet):
+            await receiver._send_rtcp_nack(packet.ssrc, sorted(nack_generator.missing))
+        await on_packet(packet, codec, retransmitted)
+
+    receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
+
+
+async def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    """Send a PLI for `media_ssrc` to the publisher of `receiver`."""
+    await receiver._send_rtcp_pli(media_ssrc)
+
+
+def decoding(receiver: RTCRtpReceiver) -> bool:
+    """True if aiortc runs a decoder thread for this receiver (never, for forwarded ones)."""
+    thread = getattr(receiver, _R + "decoder_thread", None)
+    return thread is not None and thread.is_alive()
+
+
+@dataclass
+class SendParameters:
+    """What the subscriber negotiated for one down track."""
+
+    codecs: list[RTCRtpCodecParameters]
+    header_extensions: HeaderExtensionsMap
+    mid: str | None
+    rtx_payload_types: dict[int, int] = field(default_factory=dict)  # media pt -> rtx pt
+
+
+@dataclass
+class SenderFeedback:
+    on_nack: Callable[[list[int]], Awaitable[None]]
+    on_keyframe_request: Callable[[], None]
+    on_remb: Callable[[int], None]
+    on_started: Callable[[SendParameters], None]
+
+
+class ForwardingSender:
+    """Drives an aiortc RTCRtpSender whose track is never read: we write its RTP ourselves."""
+
+    def __init__(self, sender: RTCRtpSender, feedback: SenderFeedback) -> None:
+        _require(sender, _S, _SENDER_FIELDS)
+        self.sender = sender
+        self.parameters: SendParameters | None = None
+        self._feedback = feedback
+        self._rtx_seq = 0
+        original_send = sender.send
+        original_rtcp = sender._handle_rtcp_packet
+
+        async def send(parameters: RTCRtpSendParameters) -> None:
+            first = self.parameters is None
+            ext_map = HeaderExtensionsMap()
+            ext_map.configure(parameters)
+            rtx = {
+                int(c.parameters["apt"]): c.payloadType
+                for c in parameters.codecs
+                if is_rtx(c) and isinstance(c.parameters.get("apt"), int)
+            }
+            self.parameters = SendParameters(
+                list(parameters.codecs), ext_map, parameters.muxId, rtx
+            )
+            await original_send(parameters)
+            if first:
+                feedback.on_started(self.parameters)
+
+        async def handle_rtcp_packet(packet) -> None:  # type: ignore[no-untyped-def]
+            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                await feedback.on_nack(list(packet.lost))
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (
+                RTCP_PSFB_PLI,
+                RTCP_PSFB_FIR,
+            ):
+                feedback.on_keyframe_request()
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                try:
+                    bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                except ValueError:
+                    return
+                if sender._ssrc in ssrcs:
+                    feedback.on_remb(bitrate)
+            else:
+                await original_rtcp(packet)  # receiver reports: RTT and stats
+
+        sender.send = send  # type: ignore[method-assign]
+        sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+
+    @property
+    def ssrc(self) -> int:
+        return self.sender._ssrc
+
+    async def send_rtp(self, data: bytes, timestamp: int) -> None:
+        """Send one serialized RTP packet and count it in the sender's RTCP sender reports."""
+        sender = self.sender
+        await sender.transport._send_rtp(data)
+        sender._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore[attr-defined]
+        sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
+        sender._RTCRtpSender__octet_count += len(data) - 12  # type: ignore[attr-defined]
+        sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+
+    async def resend(self, data: bytes) -> None:
+        """Retransmit a packet from history, wrapped as RTX when the subscriber negotiated it."""
+        params = self.parameters
+        if params is None:
+            return
+        packet = RtpPacket.parse(data, params.header_extensions)
+        rtx_pt = params.rtx_payload_types.get(packet.payload_type)
+        if rtx_pt is not None:
+            packet = wrap_rtx(
+                packet,
+                payload_type=rtx_pt,
+                sequence_number=self._rtx_seq,
+                ssrc=self.sender._rtx_ssrc,
+            )
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            data = packet.serialize(params.header_extensions)
+        await self.sender.transport._send_rtp(data)
+
+    def transport_backlog(self) -> int:
+        """Bytes waiting in the subscriber's UDP socket buffer (0 if unknown)."""
+        try:
+            connection = self.sender.transport.transport._connection
+            pair = connection._nominated.get(1)
+            return pair.protocol.transport.get_write_buffer_size() if pair else 0
+        except AttributeError:
+            return 0

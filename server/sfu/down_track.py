@@ -1,0 +1,151 @@
+"""An up track as one subscriber receives it: own SSRC, payload type, numbering and history."""
+
+from __future__ import annotations
+
+import logging
+
+from aiortc.rtp import RtpPacket
+
+from server.sfu.aiortc_tap import ForwardingSender, SendParameters
+from server.sfu.rtp_rewrite import PacketHistory, StreamRewriter
+from server.sfu.stats import SfuStats
+from server.sfu.up_track import UpTrack
+
+log = logging.getLogger(__name__)
+
+# A subscriber whose socket buffer holds more than this is slow: drop rather than queue.
+MAX_BACKLOG_BYTES = 256 * 1024
+# While waiting for a keyframe, ask again this often (a PLI can be lost too).
+KEYFRAME_RETRY_SECONDS = 1.0
+
+
+def _codec_key(mime_type: str, parameters: dict) -> tuple[str, str]:
+    mime = mime_type.lower()
+    if mime == "video/h264":
+        return mime, str(parameters.get("profile-level-id", ""))[:4].lower()
+    return mime, ""
+
+
+class DownTrack:
+    """Forwards one UpTrack to one subscriber's sender without decoding.
+
+    The sender, numbering and history belong to the subscriber's m-line (the DownConnection's
+    slot) and outlive this binding, so a reused m-line continues one stream.
+    """
+
+    def __init__(
+        self,
+        up: UpTrack,
+        forwarder: ForwardingSender,
+        rewriter: StreamRewriter,
+        history: PacketHistory,
+        subscriber_id: str,
+        stats: SfuStats,
+    ) -> None:
+        self.up = up
+        self.subscriber_id = subscriber_id
+        self._forwarder = forwarder
+        self._rewriter = rewriter
+        self._history = history
+        self._stats = stats
+        self._waiting_keyframe = up.kind == "video"
+        self._last_keyframe_ask = 0.0
+        self._pt_map: dict[int, int | None] = {}
+        self._params: SendParameters | None = None
+        rewriter.restart()
+
+    @property
+    def started(self) -> bool:
+        return self._params is not None
+
+    def start(self, params: SendParameters) -> None:
+        """The subscriber negotiated this m-line and its DTLS is up: forwarding may begin.
+
+        A video subscriber needs a keyframe to start decoding, so ask for one now.
+        """
+        if self._params is not None:
+            return
+        self._params = params
+        if self._waiting_keyframe:
+            self.up.request_keyframe()
+
+    def _down_payload_type(self, up_pt: int) -> int | None:
+        """The subscriber's payload type for the codec the publisher used (per codec, per leg)."""
+        if up_pt not in self._pt_map:
+            assert self._params is not None
+            up = self.up.codec
+            key = _codec_key(up.mimeType, up.parameters)
+            match = next(
+                (
+                    c.payloadType
+                    for c in self._params.codecs
+                    if _codec_key(c.mimeType, c.parameters) == key
+                ),
+                None,
+            )
+            if match is None:
+                log.warning(
+                    "subscriber %s did not negotiate %s for track %s",
+                    self.subscriber_id,
+                    up.mimeType,
+                    self.up.id,
+                )
+            self._pt_map[up_pt] = match
+        return self._pt_map[up_pt]
+
+    def resume(self) -> None:
+        """Forwarding resumes after a pause: continue numbering, start at a keyframe."""
+        self._rewriter.restart()
+        if self.up.kind == "video":
+            self._waiting_keyframe = True
+
+    async def forward(
+        self, packet: RtpPacket, seq: int, ts: int, pt: int, keyframe: bool, now: float
+    ) -> None:
+        params = self._params
+        if params is None:
+            return
+        if self._waiting_keyframe:
+            if not keyframe:
+                if now - self._last_keyframe_ask >= KEYFRAME_RETRY_SECONDS:
+                    self._last_keyframe_ask = now
+                    self.up.request_keyframe()
+                return
+            self._waiting_keyframe = False
+        down_pt = self._down_payload_type(pt)
+        if down_pt is None:
+            return
+        forwarder = self._forwarder
+        if forwarder.transport_backlog() > MAX_BACKLOG_BYTES:
+            self._stats.dropped_packets += 1
+            if self.up.kind == "video":
+                self._waiting_keyframe = True
+            return
+        numbers = self._rewriter.rewrite(seq, ts, now)
+        if numbers is None:
+            return
+        packet.payload_type = down_pt
+        packet.sequence_number = numbers.sequence_number
+        packet.timestamp = numbers.timestamp
+        packet.ssrc = forwarder.ssrc
+        packet.extensions.mid = params.mid
+        data = packet.serialize(params.header_extensions)
+        self._history.put(numbers.sequence_number, data)
+        try:
+            await forwarder.send_rtp(data, numbers.timestamp)
+        except ConnectionError:
+            self._stats.dropped_packets += 1
+            return
+        self._stats.forwarded_packets += 1
+        self._stats.forwarded_bytes += len(data)
+
+    async def answer_nack(self, lost: list[int]) -> None:
+        """Resend what the subscriber lost, from this m-line's history."""
+        for seq in lost:
+            data = self._history.get(seq)
+            if isinstance(data, bytes):
+                try:
+                    await self._forwarder.resend(data)
+                except ConnectionError:
+                    return
+                self._stats.retransmitted_packets += 1
