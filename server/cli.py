@@ -56,10 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
     context = ssl_context(config)
     app = make_app(config)
-    print(
-        f"Giao Ban: {config.scheme}://{'localhost' if config.host in ('0.0.0.0', '::') else config.host}:{config.port}",
-        flush=True,
-    )
+    shown_host = "localhost" if config.host in ("0.0.0.0", "::") else config.host
+    print(f"Giao Ban: {config.scheme}://{shown_host}:{config.port}", flush=True)
     web.run_app(
         app, host=config.host, port=config.port, ssl_context=context, print=None, access_log=None
     )

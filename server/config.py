@@ -34,7 +34,8 @@ SETTINGS: dict[str, Setting] = {
     "ice_servers": Setting(
         "GIAOBAN_ICE_SERVERS",
         "JSON list of RTCIceServer given to browsers and used by the node, e.g. "
-        '[{"urls": ["turn:turn.example.vn:3478"], "username": "u", "credential": "p"}] (default: none)',
+        '[{"urls": ["turn:turn.example.vn:3478"], "username": "u", "credential": "p"}] '
+        "(default: none)",
     ),
     "ice_host_addresses": Setting(
         "GIAOBAN_ICE_HOST_ADDRESSES",

@@ -72,13 +72,16 @@ async def add_ice_candidate(pc: RTCPeerConnection, candidate: dict[str, Any]) ->
         line = line[len("candidate:") :]
     try:
         parsed = candidate_from_sdp(line)
-    except (ValueError, IndexError) as exc:
-        raise BadRequest(f"ICE candidate: {exc}") from exc
+    except Exception as exc:  # aiortc's parser asserts and indexes: any failure is bad input
+        raise BadRequest(f"ICE candidate: {type(exc).__name__} {exc}") from exc
     parsed.sdpMid = candidate.get("sdpMid")
     parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
     if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
         raise BadRequest("ICE candidate needs sdpMid or sdpMLineIndex")
-    await pc.addIceCandidate(parsed)
+    try:
+        await pc.addIceCandidate(parsed)
+    except (ValueError, KeyError, AssertionError, AttributeError) as exc:
+        raise BadRequest(f"ICE candidate: {type(exc).__name__} {exc}") from exc
 
 
 class UpConnection:

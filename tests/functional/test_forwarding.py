@@ -1,0 +1,231 @@
+"""Real aiortc peers over loopback against a running node: what the SFU forwards, and how."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import aiortc.rtcrtpreceiver
+import aiortc.rtcrtpsender
+import pytest
+
+from server.app import ROOMS
+from server.sfu import aiortc_tap
+from tests.support.frames import check_frames
+from tests.support.media import BarcodeVideoTrack, ToneAudioTrack
+
+
+def video_of(peer):  # type: ignore[no-untyped-def]
+    tracks = peer.tracks_of("video")
+    return tracks[0] if tracks else None
+
+
+def audio_of(peer):  # type: ignore[no-untyped-def]
+    tracks = peer.tracks_of("audio")
+    return tracks[0] if tracks else None
+
+
+async def test_two_subscribers_get_every_frame_in_order_at_the_sent_size(node, peers):
+    publisher, first, second = await peers("pub"), await peers("sub-1"), await peers("sub-2")
+    for peer in (publisher, first, second):
+        await peer.join("forwarding")
+    await first.subscribe()
+    await second.subscribe()
+    await publisher.publish([BarcodeVideoTrack(), ToneAudioTrack()])
+
+    for sub in (first, second):
+        await sub.wait_for(
+            lambda s=sub: video_of(s) and len(video_of(s).frames) >= 90,
+            15,
+            f"90 video frames at {sub.name}",
+        )
+        report = check_frames(video_of(sub).frames)
+        assert report.unreadable == 0, report.summary()
+        assert report.increasing, report.summary()
+        assert report.missing == 0, report.summary()
+        assert report.sizes == {(640, 360)}, report.summary()
+        assert report.fps >= 25, report.summary()
+    assert node.stats.forwarded_packets > 0
+    assert node.stats.dropped_packets == 0
+
+
+async def test_late_joiner_decodes_video_within_a_second(node, peers):
+    publisher, early = await peers("pub"), await peers("early")
+    await publisher.join("late")
+    await early.join("late")
+    await early.subscribe()
+    await publisher.publish([BarcodeVideoTrack(), ToneAudioTrack()])
+    # The publisher is well past its first keyframe before the late joiner arrives.
+    await early.wait_for(
+        lambda: video_of(early) and len(video_of(early).frames) >= 45,
+        10,
+        "the early subscriber receiving video",
+    )
+
+    late = await peers("late-joiner")
+    await late.join("late")
+    await late.subscribe()
+    await late.wait_for(
+        lambda: video_of(late) and video_of(late).first_frame_at,
+        5,
+        "first frame at the late joiner",
+    )
+    assert late.down_connected_at is not None
+    delay = video_of(late).first_frame_at - late.down_connected_at
+    assert delay < 1.0, f"first frame {delay * 1000:.0f} ms after the down connection came up"
+    await late.wait_for(lambda: len(video_of(late).frames) >= 30, 5, "30 frames at late joiner")
+    report = check_frames(video_of(late).frames)
+    assert report.increasing and report.missing == 0, report.summary()
+
+
+async def test_audio_arrives_at_fifty_packets_a_second(node, peers):
+    publisher, sub = await peers("pub"), await peers("sub")
+    await publisher.join("audio")
+    await sub.join("audio")
+    await sub.subscribe(decode=False)
+    await publisher.publish([ToneAudioTrack()])
+    await sub.wait_for(
+        lambda: audio_of(sub) and audio_of(sub).packets >= 10, 10, "audio packets at the subscriber"
+    )
+    start_packets, start = audio_of(sub).packets, time.monotonic()
+    await sub.wait_for(lambda: time.monotonic() - start >= 3.0, 5, "a 3 s window")
+    rate = (audio_of(sub).packets - start_packets) / (time.monotonic() - start)
+    assert 45 <= rate <= 55, f"{rate:.1f} audio packets/s"
+
+
+async def test_mute_stops_forwarding_and_unmute_resumes(node, peers):
+    publisher, sub = await peers("pub"), await peers("sub")
+    await publisher.join("mute")
+    await sub.join("mute")
+    await sub.subscribe()
+    camera = BarcodeVideoTrack()
+    result = await publisher.publish([camera])
+    track_id = result["tracks"][0]["id"]
+    await sub.wait_for(
+        lambda: video_of(sub) and len(video_of(sub).frames) >= 30, 10, "video before mute"
+    )
+
+    ack = await publisher.mute(track_id, True)
+    assert ack["track"]["muted"] is True
+    update = await sub.wait_event("track_updated", lambda p: p["id"] == track_id)
+    assert update["muted"] is True
+    muted_at = time.monotonic()
+    sent_at_mute = camera.frames_sent
+    # The publisher keeps sending 30 more frames; none of them may reach the subscriber
+    # (frames already in flight when the mute took effect arrive within ~100 ms).
+    await publisher.wait_for(
+        lambda: camera.frames_sent >= sent_at_mute + 30, 5, "the publisher sending while muted"
+    )
+    late = [f for f in video_of(sub).frames if f.t > muted_at + 0.2]
+    assert late == [], f"{len(late)} frames forwarded while muted"
+
+    count_before = len(video_of(sub).frames)
+    sent_at_unmute = camera.frames_sent
+    await publisher.mute(track_id, False)
+    await sub.wait_for(
+        lambda: len(video_of(sub).frames) >= count_before + 20, 5, "video after unmute"
+    )
+    resumed = check_frames(video_of(sub).frames[count_before:])
+    assert resumed.increasing and resumed.unreadable == 0, resumed.summary()
+    assert resumed.last_number is not None and resumed.last_number > sent_at_unmute
+    # Frames the camera made while muted never reach the subscriber (a few were already in
+    # the encoder or on the wire when the mute took effect).
+    during_mute = [
+        f.number
+        for f in video_of(sub).frames
+        if f.number is not None and sent_at_mute + 3 < f.number < sent_at_unmute
+    ]
+    assert during_mute == [], f"frames made while muted were forwarded: {during_mute}"
+
+
+async def test_node_neither_decodes_nor_encodes(node, peers, monkeypatch):
+    created = {"decoders": 0, "encoders": 0}
+    get_decoder, get_encoder = aiortc.rtcrtpreceiver.get_decoder, aiortc.rtcrtpsender.get_encoder
+
+    def counting_decoder(codec):  # type: ignore[no-untyped-def]
+        created["decoders"] += 1
+        return get_decoder(codec)
+
+    def counting_encoder(codec):  # type: ignore[no-untyped-def]
+        created["encoders"] += 1
+        return get_encoder(codec)
+
+    monkeypatch.setattr(aiortc.rtcrtpreceiver, "get_decoder", counting_decoder)
+    monkeypatch.setattr(aiortc.rtcrtpsender, "get_encoder", counting_encoder)
+
+    publisher, first, second = await peers("pub"), await peers("sub-1"), await peers("sub-2")
+    for peer in (publisher, first, second):
+        await peer.join("no-transcoding")
+    await first.subscribe()
+    await second.subscribe()
+    await publisher.publish([BarcodeVideoTrack(), ToneAudioTrack()])
+    for sub in (first, second):
+        await sub.wait_for(
+            lambda s=sub: (
+                video_of(s)
+                and len(video_of(s).frames) >= 30
+                and audio_of(s)
+                and len(audio_of(s).frames) >= 50
+            ),
+            10,
+            f"audio and video at {sub.name}",
+        )
+
+    # The publisher encodes its 2 tracks, each subscriber decodes 2: nothing else may.
+    assert created == {"decoders": 4, "encoders": 2}
+    room = node.app[ROOMS].by_name["no-transcoding"]
+    up_receivers = [t._receiver for p in room.participants.values() for t in p.tracks]
+    assert len(up_receivers) == 2
+    assert not any(aiortc_tap.decoding(r) for r in up_receivers)
+    decoder_threads = [t for t in threading.enumerate() if t.name.endswith("-decoder")]
+    assert len(decoder_threads) == 4, [t.name for t in decoder_threads]  # the subscribers'
+
+
+async def test_tracks_and_participants_come_and_go(node, peers):
+    publisher, sub = await peers("pub"), await peers("sub")
+    await publisher.join("churn")
+    await sub.join("churn")
+    await sub.subscribe()
+    await publisher.publish([BarcodeVideoTrack()])
+    screen = BarcodeVideoTrack(width=1280, height=720, fps=5)
+    shared = await publisher.publish([screen], pc="screen", sources={"video": "screen"})
+    screen_id = shared["tracks"][0]["id"]
+    assert shared["tracks"][0]["source"] == "screen"
+    await sub.wait_for(
+        lambda: screen_id in sub.received and sub.received[screen_id].frames,
+        10,
+        "the screen share at the subscriber",
+    )
+    assert {(f.width, f.height) for f in sub.received[screen_id].frames} == {(1280, 720)}
+
+    await publisher.unpublish("screen")
+    removed = await sub.wait_event("track_removed", lambda p: p["track_id"] == screen_id)
+    assert removed["participant_id"] == publisher.participant_id
+    await sub.wait_for(
+        lambda: screen_id not in sub.mid_to_track.values(), 5, "a re-offer without the screen share"
+    )
+
+    publisher_id = publisher.participant_id
+    await publisher.leave()
+    left = await sub.wait_event("participant_left")
+    assert left["participant_id"] == publisher_id
+    room = node.app[ROOMS].by_name["churn"]
+    assert list(room.participants) == [sub.participant_id]
+
+
+@pytest.mark.parametrize("count", [3])
+async def test_a_new_publisher_reaches_existing_subscribers(node, peers, count):
+    """Everyone publishes and subscribes: each sees every other's video."""
+    everyone = [await peers(f"site-{i}") for i in range(count)]
+    for peer in everyone:
+        await peer.join("mesh")
+        await peer.subscribe()
+        await peer.publish([BarcodeVideoTrack(fps=15)])
+    for peer in everyone:
+        await peer.wait_for(
+            lambda p=peer: (
+                len([t for t in p.tracks_of("video") if len(t.frames) >= 10]) == count - 1
+            ),
+            15,
+            f"{count - 1} videos at {peer.name}",
+        )
