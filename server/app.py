@@ -74,6 +74,14 @@ def make_app(config: Config) -> web.Application:
     setup_pages(app, config)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        # Said where operators read: these settings are accepted but not used yet.
+        if config.redis_url:
+            log.warning(
+                "REDIS_URL is set, but presence across nodes is not built yet: "
+                "this node keeps presence in process"
+            )
+        if config.database_url:
+            log.warning("DATABASE_URL is set, but this node has no stored data yet")
         log.info("node ready on %s", config.base_url)
         yield
         await rooms.close()

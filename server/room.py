@@ -122,6 +122,17 @@ class Room:
         self, participant: Participant, pc_name: str, sdp: str, sources: dict[str, str]
     ) -> tuple[str, list[UpTrack]]:
         conn = participant.up.get(pc_name)
+        if conn is not None and conn.replaced_by(sdp):
+            # The browser made a new peer connection under the same name (after a failure):
+            # aiortc cannot restart ICE, so the old connection and its tracks go.
+            log.info(
+                "publish room=%s participant=%s pc=%s: new connection replaces the old",
+                self.name,
+                participant.id,
+                pc_name,
+            )
+            await self.unpublish(participant, pc_name)
+            conn = None
         if conn is None:
             if len(participant.up) >= MAX_UP_CONNECTIONS:
                 raise BadRequest(f"at most {MAX_UP_CONNECTIONS} publishing connections")
@@ -157,7 +168,14 @@ class Room:
             await self._notifier.to_room(
                 self.name, "track_added", track.describe(), skip=participant.id
             )
+        if added:
+            await self._participant_updated(participant)
         return answer, added
+
+    async def _participant_updated(self, participant: Participant) -> None:
+        await self._notifier.to_room(
+            self.name, "participant_updated", participant.describe(), skip=participant.id
+        )
 
     async def unpublish(self, participant: Participant, pc_name: str) -> None:
         conn = participant.up.pop(pc_name, None)
@@ -172,6 +190,8 @@ class Room:
             await self._notifier.to_room(
                 self.name, "track_removed", {"track_id": track.id, "participant_id": participant.id}
             )
+        if removed and not participant.left:
+            await self._participant_updated(participant)
 
     def _withdraw(self, conn: UpConnection) -> list[UpTrack]:
         tracks = list(conn.tracks.values())
@@ -213,6 +233,7 @@ class Room:
             await self._notifier.to_room(
                 self.name, "track_updated", track.describe(), skip=participant.id
             )
+            await self._participant_updated(participant)
         return track
 
     # -- active speaker ---------------------------------------------------------------------

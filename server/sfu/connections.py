@@ -63,6 +63,13 @@ def parse_sdp(sdp: str) -> SessionDescription:
         raise BadRequest(f"SDP: {exc}") from exc
 
 
+def _ice_ufrag(description: SessionDescription) -> str | None:
+    for media in description.media:
+        if media.ice is not None and media.ice.usernameFragment:
+            return media.ice.usernameFragment
+    return None
+
+
 async def add_ice_candidate(pc: RTCPeerConnection, candidate: dict[str, Any]) -> None:
     """Add a browser-trickled candidate (RTCIceCandidateInit); an empty one ends gathering."""
     line = candidate.get("candidate") or ""
@@ -110,6 +117,16 @@ class UpConnection:
         def _state() -> None:
             if self.pc.connectionState == "failed":
                 on_failed()
+
+    def replaced_by(self, offer_sdp: str) -> bool:
+        """True if `offer_sdp` comes from a different peer connection (other ICE credentials),
+        or this one has failed: it cannot be renegotiated, only replaced."""
+        if self.pc.connectionState in ("failed", "closed"):
+            return True
+        current = self.pc.remoteDescription
+        if current is None:
+            return False
+        return _ice_ufrag(parse_sdp(offer_sdp)) != _ice_ufrag(parse_sdp(current.sdp))
 
     async def negotiate(self, offer_sdp: str, sources: dict[str, str]) -> tuple[str, list[UpTrack]]:
         """Apply the client's offer; return the answer and the tracks it adds."""

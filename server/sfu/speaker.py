@@ -30,8 +30,10 @@ class ActiveSpeakerDetector:
         self._speaker_since = 0.0
 
     def add(self, participant_id: str, level: int, voice: bool, now: float) -> None:
+        # The level alone decides: Chromium sets the voice flag, aiortc never does, and the
+        # floor already keeps background noise out.
         entry = self._levels.setdefault(participant_id, _Level())
-        sample = float(level) if voice else 127.0
+        sample = float(level)
         entry.value += self.smoothing * (sample - entry.value)
         entry.updated_at = now
 

@@ -229,3 +229,64 @@ async def test_a_new_publisher_reaches_existing_subscribers(node, peers, count):
             15,
             f"{count - 1} videos at {peer.name}",
         )
+
+
+async def test_active_speaker_is_the_participant_who_makes_sound(node, peers):
+    from aiortc.mediastreams import AudioStreamTrack  # aiortc's silence
+
+    loud, quiet, listener = await peers("loud"), await peers("quiet"), await peers("listener")
+    for peer in (loud, quiet, listener):
+        await peer.join("speaker")
+    await quiet.publish([AudioStreamTrack()])
+    await loud.publish([ToneAudioTrack(amplitude=0.5)])
+    event = await listener.wait_event(
+        "active_speaker", lambda p: p["participant_id"] is not None, timeout=5
+    )
+    assert event["participant_id"] == loud.participant_id
+    assert 0 <= event["level"] < 40, event
+    updated = await listener.wait_event(
+        "participant_updated", lambda p: p["id"] == loud.participant_id
+    )
+    assert [t["kind"] for t in updated["tracks"]] == ["audio"]
+
+    # The loud one goes silent (muted): the speaker changes away from them.
+    track_id = loud.published_track_ids()[0]
+    since = len(listener.events)
+    await loud.mute(track_id, True)
+    cleared = await listener.wait_event("active_speaker", timeout=5, since=since)
+    assert cleared["participant_id"] != loud.participant_id
+
+
+async def test_a_new_peer_connection_under_the_same_name_replaces_the_old(node, peers):
+    """What a browser does after its publishing connection failed: a fresh RTCPeerConnection."""
+    publisher, sub = await peers("pub"), await peers("sub")
+    await publisher.join("replace")
+    await sub.join("replace")
+    await sub.subscribe()
+    first = await publisher.publish([BarcodeVideoTrack()])
+    old_id = first["tracks"][0]["id"]
+    await sub.wait_for(
+        lambda: old_id in sub.received and len(sub.received[old_id].frames) >= 10,
+        10,
+        "video from the first connection",
+    )
+
+    old_pc = publisher.up_pcs.pop("main")
+    publisher._up_tracks.pop("main")
+    await old_pc.close()
+    second = await publisher.publish([BarcodeVideoTrack(start=5000)])
+    new_id = second["tracks"][0]["id"]
+    assert new_id != old_id
+    removed = await sub.wait_event("track_removed", lambda p: p["track_id"] == old_id)
+    assert removed["participant_id"] == publisher.participant_id
+    await sub.wait_for(
+        lambda: new_id in sub.received and len(sub.received[new_id].frames) >= 10,
+        10,
+        "video from the replacing connection",
+    )
+    numbers = [f.number for f in sub.received[new_id].frames]
+    # The m-line is reused: aiortc's receiver may still release the old stream's last frame.
+    assert len([n for n in numbers if n is None or n < 5000]) <= 1, numbers
+    report = check_frames(sub.received[new_id].frames[1:])
+    assert report.increasing and report.missing == 0, report.summary()
+    assert node.stats.peer_connections == 2  # the publisher's new one and the subscriber's

@@ -1,0 +1,63 @@
+"""Two officials meet through the real pages in headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+
+from server.app import ROOMS
+from tests.support.browser import join_via_ui, received_video, wait_for_remote_video
+
+
+async def test_two_pages_see_each_other_and_a_leave_shows(node, new_page):
+    first, second = await new_page(), await new_page()
+    first_id = await join_via_ui(first, node.url, "giao-ban-tinh", "UBND tỉnh")
+    second_id = await join_via_ui(second, node.url, "giao-ban-tinh", "UBND xã A")
+
+    await wait_for_remote_video(first, second_id)
+    await wait_for_remote_video(second, first_id)
+    # Both directions at once: each page decodes the other's camera at a real frame rate
+    # (Chromium's fake camera sends 20 fps).
+    seen_by_first, seen_by_second = await asyncio.gather(
+        received_video(first, second_id, 3.0), received_video(second, first_id, 3.0)
+    )
+    for seen in (seen_by_first, seen_by_second):
+        assert seen["fps"] >= 10, seen
+        assert seen["videoWidth"] > 0, seen
+
+    # Each page lists the other by name.
+    assert "UBND xã A" in await first.inner_text(
+        f'#participants li[data-participant-id="{second_id}"]'
+    )
+    assert "UBND tỉnh" in await second.inner_text(
+        f'#participants li[data-participant-id="{first_id}"]'
+    )
+
+    await second.click("#leave")
+    await first.wait_for_selector(
+        f'#grid .tile[data-participant-id="{second_id}"]', state="detached", timeout=5_000
+    )
+    await first.wait_for_selector(
+        f'#participants li[data-participant-id="{second_id}"]', state="detached", timeout=5_000
+    )
+    assert node.stats.forwarded_packets > 0
+
+
+async def test_muting_the_microphone_shows_and_stops_forwarding(node, new_page):
+    first, second = await new_page(), await new_page()
+    first_id = await join_via_ui(first, node.url, "mute-ui", "Sở Nội vụ")
+    await join_via_ui(second, node.url, "mute-ui", "UBND xã B")
+    await wait_for_remote_video(second, first_id)
+
+    await first.click("#toggle-mic")
+    assert await first.get_attribute("#toggle-mic", "aria-pressed") == "true"
+    await second.wait_for_selector(
+        f'#grid .tile[data-participant-id="{first_id}"][data-mic-muted="true"]', timeout=5_000
+    )
+    room = node.app[ROOMS].by_name["mute-ui"]
+    audio = [t for t in room.participants[first_id].tracks if t.kind == "audio"]
+    assert audio and all(t.muted for t in audio)
+
+    await first.click("#toggle-cam")
+    await second.wait_for_selector(
+        f'#grid .tile[data-participant-id="{first_id}"][data-cam-muted="true"]', timeout=5_000
+    )
