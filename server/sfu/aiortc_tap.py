@@ -18,9 +18,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiortc
+from aioice.ice import StunProtocol
 from aiortc import RTCRtpReceiver, RTCRtpSender, clock
 from aiortc import rtcrtpreceiver as _receiver_module
 from aiortc.codecs import is_rtx
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtp import (
     RTCP_PSFB_APP,
@@ -36,6 +38,8 @@ from aiortc.rtp import (
     unwrap_rtx,
     wrap_rtx,
 )
+
+from server.sfu.rtp_header import ExtensionIds
 
 SUPPORTED_AIORTC = "1.16.0"
 
@@ -184,8 +188,13 @@ class SendParameters:
 
     codecs: list[RTCRtpCodecParameters]
     header_extensions: HeaderExtensionsMap
+    extension_ids: ExtensionIds
     mid: str | None
     rtx_payload_types: dict[int, int] = field(default_factory=dict)  # media pt -> rtx pt
+
+    @property
+    def mid_bytes(self) -> bytes | None:
+        return self.mid.encode() if self.mid else None
 
 
 @dataclass
@@ -218,7 +227,11 @@ class ForwardingSender:
                 if is_rtx(c) and isinstance(c.parameters.get("apt"), int)
             }
             self.parameters = SendParameters(
-                list(parameters.codecs), ext_map, parameters.muxId, rtx
+                list(parameters.codecs),
+                ext_map,
+                ExtensionIds.from_negotiated(parameters.headerExtensions),
+                parameters.muxId,
+                rtx,
             )
             await original_send(parameters)
             if first:
@@ -249,14 +262,41 @@ class ForwardingSender:
     def ssrc(self) -> int:
         return self.sender._ssrc
 
-    async def send_rtp(self, data: bytes, timestamp: int) -> None:
-        """Send one serialized RTP packet and count it in the sender's RTCP sender reports."""
+    def send_now(self, data: bytes, timestamp: int, max_backlog: int) -> bool | None:
+        """Send one RTP packet synchronously: SRTP-protect it and write it to the subscriber's
+        UDP socket. False: the socket's buffer holds more than `max_backlog` (a slow
+        subscriber: the packet is dropped); None: no direct path (TURN), use send_rtp.
+
+        This skips four nested coroutines of aiortc's path per packet, which is most of the
+        forwarding cost. Raises ConnectionError when the connection is not up.
+        """
+        dtls = self.sender.transport
+        if dtls._state is not DtlsState.CONNECTED:
+            raise ConnectionError("down connection is not connected")
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            raise ConnectionError("no nominated ICE pair")
+        protocol = pair.protocol
+        if type(protocol) is not StunProtocol:
+            return None
+        udp = protocol.transport
+        if udp.get_write_buffer_size() > max_backlog:
+            return False
+        udp.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
+        self._count(data, timestamp)
+        return True
+
+    def _count(self, data: bytes, timestamp: int) -> None:
         sender = self.sender
-        await sender.transport._send_rtp(data)
         sender._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore[attr-defined]
         sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
         sender._RTCRtpSender__octet_count += len(data) - 12  # type: ignore[attr-defined]
         sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+
+    async def send_rtp(self, data: bytes, timestamp: int) -> None:
+        """Send one RTP packet through aiortc's own path (used where send_now cannot)."""
+        await self.sender.transport._send_rtp(data)
+        self._count(data, timestamp)
 
     async def resend(self, data: bytes) -> None:
         """Retransmit a packet from history, wrapped as RTX when the subscriber negotiated it."""
@@ -275,12 +315,3 @@ class ForwardingSender:
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
             data = packet.serialize(params.header_extensions)
         await self.sender.transport._send_rtp(data)
-
-    def transport_backlog(self) -> int:
-        """Bytes waiting in the subscriber's UDP socket buffer (0 if unknown)."""
-        try:
-            connection = self.sender.transport.transport._connection
-            pair = connection._nominated.get(1)
-            return pair.protocol.transport.get_write_buffer_size() if pair else 0
-        except AttributeError:
-            return 0

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-
-from aiortc.rtp import RtpPacket
+from collections.abc import Awaitable
 
 from server.sfu.aiortc_tap import ForwardingSender, SendParameters
+from server.sfu.rtp_header import extension_block, rtp_packet
 from server.sfu.rtp_rewrite import PacketHistory, StreamRewriter
 from server.sfu.stats import SfuStats
-from server.sfu.up_track import UpTrack
+from server.sfu.up_track import Outgoing, UpTrack
 
 log = logging.getLogger(__name__)
 
@@ -99,40 +99,64 @@ class DownTrack:
         if self.up.kind == "video":
             self._waiting_keyframe = True
 
-    async def forward(
-        self, packet: RtpPacket, seq: int, ts: int, pt: int, keyframe: bool, now: float
-    ) -> None:
+    def forward(self, out: Outgoing) -> Awaitable[None] | None:
+        """Forward one upstream packet to this subscriber, now; returns an awaitable only when
+        the packet must take aiortc's slower path (a TURN-relayed subscriber)."""
         params = self._params
         if params is None:
-            return
+            return None
         if self._waiting_keyframe:
-            if not keyframe:
-                if now - self._last_keyframe_ask >= KEYFRAME_RETRY_SECONDS:
-                    self._last_keyframe_ask = now
+            if not out.keyframe:
+                if out.now - self._last_keyframe_ask >= KEYFRAME_RETRY_SECONDS:
+                    self._last_keyframe_ask = out.now
                     self.up.request_keyframe()
-                return
+                return None
             self._waiting_keyframe = False
-        down_pt = self._down_payload_type(pt)
+        down_pt = self._pt_map.get(out.payload_type, -1)
+        if down_pt == -1:
+            down_pt = self._down_payload_type(out.payload_type)
         if down_pt is None:
-            return
-        forwarder = self._forwarder
-        if forwarder.transport_backlog() > MAX_BACKLOG_BYTES:
+            return None
+        numbers = self._rewriter.rewrite(out.sequence_number, out.timestamp, out.now)
+        if numbers is None:
+            return None
+        key = (params.extension_ids, params.mid)
+        extensions = out.extension_cache.get(key)
+        if extensions is None:
+            extensions = out.extension_cache[key] = extension_block(
+                params.extension_ids, params.mid_bytes, out.abs_send_time, out.audio_level
+            )
+        data = rtp_packet(
+            down_pt,
+            out.marker,
+            numbers.sequence_number,
+            numbers.timestamp,
+            self._forwarder.ssrc,
+            extensions,
+            out.payload,
+            out.padding_size,
+        )
+        self._history.put(numbers.sequence_number, data)
+        try:
+            sent = self._forwarder.send_now(data, numbers.timestamp, MAX_BACKLOG_BYTES)
+        except ConnectionError:
+            self._stats.dropped_packets += 1
+            return None
+        if sent is None:
+            return self._send_slowly(data, numbers.timestamp)
+        if not sent:
+            # A slow subscriber: drop, and restart video from a keyframe once it drains.
             self._stats.dropped_packets += 1
             if self.up.kind == "video":
                 self._waiting_keyframe = True
-            return
-        numbers = self._rewriter.rewrite(seq, ts, now)
-        if numbers is None:
-            return
-        packet.payload_type = down_pt
-        packet.sequence_number = numbers.sequence_number
-        packet.timestamp = numbers.timestamp
-        packet.ssrc = forwarder.ssrc
-        packet.extensions.mid = params.mid
-        data = packet.serialize(params.header_extensions)
-        self._history.put(numbers.sequence_number, data)
+            return None
+        self._stats.forwarded_packets += 1
+        self._stats.forwarded_bytes += len(data)
+        return None
+
+    async def _send_slowly(self, data: bytes, timestamp: int) -> None:
         try:
-            await forwarder.send_rtp(data, numbers.timestamp)
+            await self._forwarder.send_rtp(data, timestamp)
         except ConnectionError:
             self._stats.dropped_packets += 1
             return

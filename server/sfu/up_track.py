@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiortc import RTCRtpReceiver, clock
@@ -23,6 +24,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AudioLevelSink = Callable[[str, int, bool], None]  # (participant id, -dBov level, voice)
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One upstream packet as every subscriber's header is written from it."""
+
+    payload_type: int
+    marker: int
+    sequence_number: int
+    timestamp: int
+    payload: bytes
+    padding_size: int
+    keyframe: bool
+    abs_send_time: int
+    audio_level: tuple[bool, int] | None
+    now: float
+    # Subscribers with the same extension ids and mid share one extension block.
+    extension_cache: dict[object, bytes] = field(default_factory=dict)
 
 
 class UpTrack:
@@ -81,13 +100,22 @@ class UpTrack:
             self._on_audio_level(self.participant_id, level[1], level[0])
         if self.muted or not self.down_tracks:
             return
-        keyframe = self._is_keyframe(packet.payload) if self._is_keyframe else False
-        # Every down track rewrites these fields of the shared packet; keep the originals.
-        seq, ts, pt = packet.sequence_number, packet.timestamp, packet.payload_type
-        packet.extensions.abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
-        now = time.monotonic()
-        for down in self.down_tracks:
-            await down.forward(packet, seq, ts, pt, keyframe, now)
+        out = Outgoing(
+            payload_type=packet.payload_type,
+            marker=packet.marker,
+            sequence_number=packet.sequence_number,
+            timestamp=packet.timestamp,
+            payload=packet.payload,
+            padding_size=packet.padding_size,
+            keyframe=self._is_keyframe(packet.payload) if self._is_keyframe else False,
+            abs_send_time=(clock.current_ntp_time() >> 14) & 0x00FFFFFF,
+            audio_level=level,
+            now=time.monotonic(),
+        )
+        for down in tuple(self.down_tracks):
+            slow = down.forward(out)
+            if slow is not None:
+                await slow
 
     def attach(self, down: DownTrack) -> None:
         self.down_tracks.append(down)

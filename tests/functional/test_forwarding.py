@@ -243,7 +243,7 @@ async def test_active_speaker_is_the_participant_who_makes_sound(node, peers):
         "active_speaker", lambda p: p["participant_id"] is not None, timeout=5
     )
     assert event["participant_id"] == loud.participant_id
-    assert 0 <= event["level"] < 40, event
+    assert 0 <= event["level"] < 70, event  # louder than the floor of -70 dBov
     updated = await listener.wait_event(
         "participant_updated", lambda p: p["id"] == loud.participant_id
     )
