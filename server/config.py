@@ -109,11 +109,11 @@ class Config:
             if raw:
                 values[name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            if "port" in values:
-                values["port"] = int(values["port"])
-        except ValueError as exc:
-            raise ConfigError(f"GIAOBAN_PORT must be a number, not {values['port']!r}") from exc
+        if "port" in values:
+            port = str(values["port"])
+            if not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ConfigError(f"GIAOBAN_PORT must be a port number (0-65535), not {port!r}")
+            values["port"] = int(port)
         if isinstance(values.get("ice_servers"), str):
             values["ice_servers"] = _ice_servers(values["ice_servers"])
         if isinstance(values.get("ice_host_addresses"), str):

@@ -47,6 +47,7 @@ def make_self_signed(cert_path: Path, key_path: Path, hostnames: list[str]) -> N
         .sign(key, hashes.SHA256())
     )
     cert_path.parent.mkdir(parents=True, exist_ok=True)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
     key_path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from typing import Any
 
 from server.errors import BadRequest, TooLarge
@@ -28,7 +29,7 @@ def payload_of(args: tuple[Any, ...]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest("the payload must be a JSON object")
     try:
-        size = len(json.dumps(data, ensure_ascii=False).encode())
+        size = len(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode())
     except (TypeError, ValueError) as exc:
         raise BadRequest("the payload is not JSON") from exc
     if size > MAX_PAYLOAD:
@@ -48,10 +49,10 @@ def text(
         raise BadRequest(f"'{key}' must be a string")
     value = value.strip() if pattern is None else value
     if len(value) > max_len:
-        raise TooLarge(f"'{key}' is longer than {max_len} characters")
+        raise BadRequest(f"'{key}' is longer than {max_len} characters")
     if not value:
         raise BadRequest(f"'{key}' is empty")
-    if pattern is not None and not pattern.match(value):
+    if pattern is not None and not pattern.fullmatch(value):
         raise BadRequest(f"'{key}' has characters that are not allowed")
     return value
 
@@ -69,7 +70,7 @@ def sdp(data: dict[str, Any]) -> str:
 
 def display_name(data: dict[str, Any]) -> str:
     name = text(data, "name", MAX_NAME)
-    if any(ord(ch) < 32 for ch in name):
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
         raise BadRequest("'name' has control characters")
     return name
 

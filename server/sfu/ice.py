@@ -35,7 +35,11 @@ _HOST_CANDIDATE = re.compile(
 def add_public_address(sdp: str, public_address: str) -> str:
     """Repeat each host candidate with `public_address` (a 1:1 NAT keeps the port)."""
 
+    public_is_v6 = ":" in public_address
+
     def repeat(match: re.Match[str]) -> str:
+        if (":" in match.group(2)) != public_is_v6:
+            return match.group(0)  # an IPv6 candidate cannot stand for an IPv4 address
         foundation, rest = match.group(1).split(" ", 1)
         return f"{match.group(0)}\n{foundation}n {rest}{public_address}{match.group(3)}"
 

@@ -31,6 +31,8 @@ class StreamRewriter:
 
     # Packets this far behind the newest forwarded one are too old to place (late RTX).
     MAX_LATE = 1000
+    # So many "too old" packets in a row mean the publisher's numbering jumped: resync.
+    MAX_TOO_OLD_IN_A_ROW = 16
 
     def __init__(self, clock_rate: int, rng: random.Random | None = None) -> None:
         r = rng or random.Random()
@@ -40,6 +42,8 @@ class StreamRewriter:
         self._last_out_seq = r.randrange(SEQ_MOD)
         self._last_out_ts = r.randrange(TS_MOD)
         self._last_in_seq: int | None = None  # newest upstream seq of the current segment
+        self._first_in_seq = 0  # upstream seq that opened the current segment
+        self._too_old_in_a_row = 0
         self._last_sent_at: float | None = None
         self._new_segment = True
 
@@ -57,6 +61,7 @@ class StreamRewriter:
             self._seq_offset = (self._last_out_seq + 1 - seq) % SEQ_MOD
             self._ts_offset = (self._last_out_ts + ts_step - ts) % TS_MOD
             self._last_in_seq = seq
+            self._first_in_seq = seq
             self._new_segment = False
         else:
             assert self._last_in_seq is not None
@@ -64,7 +69,16 @@ class StreamRewriter:
             if delta > 0:
                 self._last_in_seq = seq
             elif delta < -self.MAX_LATE:
+                self._too_old_in_a_row += 1
+                if self._too_old_in_a_row >= self.MAX_TOO_OLD_IN_A_ROW:
+                    self._too_old_in_a_row = 0
+                    self._new_segment = True
+                    return self.rewrite(seq, ts, now)
                 return None
+            elif seq_diff(seq, self._first_in_seq) < 0:
+                # From before this segment began: its downstream number may be taken already.
+                return None
+            self._too_old_in_a_row = 0
         out_seq = (seq + self._seq_offset) % SEQ_MOD
         out_ts = (ts + self._ts_offset) % TS_MOD
         if seq == self._last_in_seq:
