@@ -22,10 +22,16 @@ from aiortc import (
 from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from server.errors import BadRequest, Conflict
-from server.sfu.aiortc_tap import ForwardingSender, SenderFeedback, SendParameters
+from server.sfu.aiortc_tap import (
+    ForwardingSender,
+    SenderFeedback,
+    SendParameters,
+    disable_decoding,
+)
 from server.sfu.down_track import DownTrack
 from server.sfu.ice import add_public_address
 from server.sfu.rtp_rewrite import PacketHistory, StreamRewriter
@@ -91,6 +97,17 @@ async def add_ice_candidate(pc: RTCPeerConnection, candidate: dict[str, Any]) ->
         raise BadRequest(f"ICE candidate: {type(exc).__name__} {exc}") from exc
 
 
+class _ReceiverTap:
+    """Where a tapped receiver's packets go: nowhere until its UpTrack exists."""
+
+    def __init__(self) -> None:
+        self.track: UpTrack | None = None
+
+    async def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters, rtx: bool) -> None:
+        if self.track is not None:
+            await self.track.on_packet(packet, codec, rtx)
+
+
 class UpConnection:
     """A publishing connection; each received track becomes an UpTrack (never decoded)."""
 
@@ -112,11 +129,21 @@ class UpConnection:
         self.pc = RTCPeerConnection(settings.rtc_configuration())
         stats.peer_connections += 1
         self._closed = False
+        self._taps: dict[int, _ReceiverTap] = {}
 
         @self.pc.on("connectionstatechange")
         def _state() -> None:
             if self.pc.connectionState == "failed":
                 on_failed()
+
+        @self.pc.on("track")
+        def _track(track: MediaStreamTrack) -> None:
+            # Emitted inside setRemoteDescription, before aiortc can start the receiver (on a
+            # renegotiation it starts while the answer is made): tap it now, bind it later.
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.receiver.track is track:
+                    tap = self._taps[id(transceiver.receiver)] = _ReceiverTap()
+                    disable_decoding(transceiver.receiver, tap.on_packet)
 
     def replaced_by(self, offer_sdp: str) -> bool:
         """True if `offer_sdp` comes from a different peer connection (other ICE credentials),
@@ -146,7 +173,7 @@ class UpConnection:
         added: list[UpTrack] = []
         for transceiver in self.pc.getTransceivers():
             mid = transceiver.mid
-            if mid is None or mid in self.tracks or transceiver.receiver.track is None:
+            if mid is None or mid in self.tracks or id(transceiver.receiver) not in self._taps:
                 continue
             media = negotiated.get(mid)
             if media is None or media.direction not in ("recvonly", "sendrecv"):
@@ -166,6 +193,7 @@ class UpConnection:
                 self._stats,
                 self._on_audio_level if transceiver.kind == "audio" else None,
             )
+            self._taps[id(transceiver.receiver)].track = track
             self.tracks[mid] = track
             added.append(track)
         return self._settings.local_sdp(local), added

@@ -75,7 +75,6 @@ class UpTrack:
         self._pacer = KeyframeRequestPacer()
         self._deferred: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        aiortc_tap.disable_decoding(receiver, self._on_packet)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -86,7 +85,7 @@ class UpTrack:
             "muted": self.muted,
         }
 
-    async def _on_packet(
+    async def on_packet(
         self, packet: RtpPacket, codec: RTCRtpCodecParameters, retransmitted: bool
     ) -> None:
         stats = self._stats

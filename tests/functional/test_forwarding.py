@@ -290,3 +290,31 @@ async def test_a_new_peer_connection_under_the_same_name_replaces_the_old(node, 
     report = check_frames(sub.received[new_id].frames[1:])
     assert report.increasing and report.missing == 0, report.summary()
     assert node.stats.peer_connections == 2  # the publisher's new one and the subscriber's
+
+
+async def test_renegotiating_a_connection_adds_a_track(node, peers):
+    """Join with the microphone only, turn the camera on later: the same connection grows."""
+    publisher, sub = await peers("pub"), await peers("sub")
+    await publisher.join("grow")
+    await sub.join("grow")
+    await sub.subscribe()
+    first = await publisher.publish([ToneAudioTrack()])
+    assert [t["kind"] for t in first["tracks"]] == ["audio"]
+    await sub.wait_for(
+        lambda: audio_of(sub) and len(audio_of(sub).frames) >= 20,
+        10,
+        "audio before the camera is on",
+    )
+    second = await publisher.publish([BarcodeVideoTrack()])  # same pc "main", renegotiated
+    assert [t["kind"] for t in second["tracks"]] == ["video"]
+    assert len(publisher.up_pcs) == 1
+    await sub.wait_for(
+        lambda: video_of(sub) and len(video_of(sub).frames) >= 20,
+        10,
+        "video after the renegotiation",
+    )
+    audio_count = len(audio_of(sub).frames)
+    await sub.wait_for(
+        lambda: len(audio_of(sub).frames) >= audio_count + 20, 5, "audio still flowing"
+    )
+    assert not sub.errors and not publisher.errors
