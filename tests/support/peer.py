@@ -178,7 +178,7 @@ class Peer:
 
     # ------------------------------------------------------------------ signaling
 
-    async def connect(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def connect(self, timeout: float = 5.0) -> None:
         await self.sio.connect(
             self.base_url,
             namespaces=[NAMESPACE],
@@ -193,7 +193,7 @@ class Peer:
         self,
         event: str,
         payload: Any = None,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> dict[str, Any]:
         """Send `event` with an ack and return the raw ack ({"ok": ...} or {"error": ...})."""
         payload = {} if payload is None else payload
@@ -205,7 +205,7 @@ class Peer:
         self,
         event: str,
         payload: Any,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> dict:
         ack = await self.request(event, payload, timeout)
         if not isinstance(ack, dict):
@@ -446,7 +446,7 @@ class Peer:
     async def wait_for(
         self,
         predicate: Callable[[], Any | Awaitable[Any]],
-        timeout: float,  # noqa: ASYNC109 (the socket-free polling API tests read best)
+        timeout: float,
         what: str,
         interval: float = 0.02,
     ) -> Any:
@@ -468,7 +468,7 @@ class Peer:
         self,
         name: str,
         predicate: Callable[[Any], bool] | None = None,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
         since: int = 0,
     ) -> Any:
         """The payload of the first `name` event (from index `since` of `events`) matching."""
