@@ -13,6 +13,7 @@ upgrade that moves any of these fails loudly instead of silently decoding or dro
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -192,9 +193,11 @@ class SendParameters:
     mid: str | None
     rtx_payload_types: dict[int, int] = field(default_factory=dict)  # media pt -> rtx pt
 
-    @property
-    def mid_bytes(self) -> bytes | None:
-        return self.mid.encode() if self.mid else None
+    def __post_init__(self) -> None:
+        self.mid_bytes = self.mid.encode() if self.mid else None
+        # Subscribers whose extension ids and mid agree share one header-extension block.
+        ids = self.extension_ids
+        self.extension_key = (ids.mid, ids.abs_send_time, ids.audio_level, self.mid)
 
 
 @dataclass
@@ -211,9 +214,15 @@ class ForwardingSender:
     def __init__(self, sender: RTCRtpSender, feedback: SenderFeedback) -> None:
         _require(sender, _S, _SENDER_FIELDS)
         self.sender = sender
+        self.ssrc: int = sender._ssrc  # fixed for the sender's life
         self.parameters: SendParameters | None = None
         self._feedback = feedback
         self._rtx_seq = 0
+        # (ICE pair, UDP transport, remote address, SRTP protect) of the current path.
+        self._path: (
+            tuple[object, asyncio.DatagramTransport, tuple[str, int], Callable[[bytes], bytes]]
+            | None
+        ) = None
         original_send = sender.send
         original_rtcp = sender._handle_rtcp_packet
 
@@ -258,11 +267,7 @@ class ForwardingSender:
         sender.send = send  # type: ignore[method-assign]
         sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
 
-    @property
-    def ssrc(self) -> int:
-        return self.sender._ssrc
-
-    def send_now(self, data: bytes, timestamp: int, max_backlog: int) -> bool | None:
+    def send_now(self, data: bytes, timestamp: int, ntp_time: int, max_backlog: int) -> bool | None:
         """Send one RTP packet synchronously: SRTP-protect it and write it to the subscriber's
         UDP socket. False: the socket's buffer holds more than `max_backlog` (a slow
         subscriber: the packet is dropped); None: no direct path (TURN), use send_rtp.
@@ -274,21 +279,25 @@ class ForwardingSender:
         if dtls._state is not DtlsState.CONNECTED:
             raise ConnectionError("down connection is not connected")
         pair = dtls.transport._connection._nominated.get(1)
-        if pair is None:
-            raise ConnectionError("no nominated ICE pair")
-        protocol = pair.protocol
-        if type(protocol) is not StunProtocol:
-            return None
-        udp = protocol.transport
+        path = self._path
+        if path is None or path[0] is not pair:
+            if pair is None:
+                raise ConnectionError("no nominated ICE pair")
+            protocol = pair.protocol
+            if type(protocol) is not StunProtocol:
+                return None
+            path = self._path = (pair, protocol.transport, pair.remote_addr, dtls._tx_srtp.protect)
+        udp = path[1]
         if udp.get_write_buffer_size() > max_backlog:
             return False
-        udp.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
-        self._count(data, timestamp)
+        udp.sendto(path[3](data), path[2])
+        self._count(data, timestamp, ntp_time)
         return True
 
-    def _count(self, data: bytes, timestamp: int) -> None:
+    def _count(self, data: bytes, timestamp: int, ntp_time: int) -> None:
+        """Keep aiortc's sender-report fields true for the packets we send."""
         sender = self.sender
-        sender._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore[attr-defined]
+        sender._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]
         sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
         sender._RTCRtpSender__octet_count += len(data) - 12  # type: ignore[attr-defined]
         sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
@@ -296,7 +305,7 @@ class ForwardingSender:
     async def send_rtp(self, data: bytes, timestamp: int) -> None:
         """Send one RTP packet through aiortc's own path (used where send_now cannot)."""
         await self.sender.transport._send_rtp(data)
-        self._count(data, timestamp)
+        self._count(data, timestamp, clock.current_ntp_time())
 
     async def resend(self, data: bytes) -> None:
         """Retransmit a packet from history, wrapped as RTX when the subscriber negotiated it."""

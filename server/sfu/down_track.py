@@ -120,10 +120,9 @@ class DownTrack:
         numbers = self._rewriter.rewrite(out.sequence_number, out.timestamp, out.now)
         if numbers is None:
             return None
-        key = (params.extension_ids, params.mid)
-        extensions = out.extension_cache.get(key)
+        extensions = out.extension_cache.get(params.extension_key)
         if extensions is None:
-            extensions = out.extension_cache[key] = extension_block(
+            extensions = out.extension_cache[params.extension_key] = extension_block(
                 params.extension_ids, params.mid_bytes, out.abs_send_time, out.audio_level
             )
         data = rtp_packet(
@@ -138,7 +137,9 @@ class DownTrack:
         )
         self._history.put(numbers.sequence_number, data)
         try:
-            sent = self._forwarder.send_now(data, numbers.timestamp, MAX_BACKLOG_BYTES)
+            sent = self._forwarder.send_now(
+                data, numbers.timestamp, out.ntp_time, MAX_BACKLOG_BYTES
+            )
         except ConnectionError:
             self._stats.dropped_packets += 1
             return None

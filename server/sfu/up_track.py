@@ -37,6 +37,7 @@ class Outgoing:
     payload: bytes
     padding_size: int
     keyframe: bool
+    ntp_time: int
     abs_send_time: int
     audio_level: tuple[bool, int] | None
     now: float
@@ -99,6 +100,7 @@ class UpTrack:
             self._on_audio_level(self.participant_id, level[1], level[0])
         if self.muted or not self.down_tracks:
             return
+        ntp = clock.current_ntp_time()
         out = Outgoing(
             payload_type=packet.payload_type,
             marker=packet.marker,
@@ -107,7 +109,8 @@ class UpTrack:
             payload=packet.payload,
             padding_size=packet.padding_size,
             keyframe=self._is_keyframe(packet.payload) if self._is_keyframe else False,
-            abs_send_time=(clock.current_ntp_time() >> 14) & 0x00FFFFFF,
+            ntp_time=ntp,
+            abs_send_time=(ntp >> 14) & 0x00FFFFFF,
             audio_level=level,
             now=time.monotonic(),
         )
