@@ -3,7 +3,7 @@
 #
 #   ./giaoban.sh serve [args...]   install what is missing, then start a node
 #                                  (default http://localhost:8080); args go to `giaoban serve`
-#   ./giaoban.sh test  [args...]   install test needs too (redis-server, chromium, iproute2),
+#   ./giaoban.sh test  [args...]   install test needs too (redis-server, chromium),
 #                                  then run `ruff check .` and `pytest -q`; args go to pytest
 #
 # Environment:
@@ -117,8 +117,6 @@ Install a newer Python (Debian 12 has 3.11, Debian 13 has 3.13) or point PYTHON=
         have redis-server || missing+=(redis-server)
         # Playwright drives Debian's Chromium (executable_path); it never downloads a browser.
         [ -x /usr/bin/chromium ] || missing+=(chromium)
-        # `ip netns` and `tc ... netem` for the loss tests.
-        { have ip && have tc; } || missing+=(iproute2)
     fi
 
     apt_install "${missing[@]}"
