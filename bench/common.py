@@ -1,28 +1,34 @@
-"""Shared pieces of bench/late_joiner.py and bench/memory.py.
+"""Shared pieces of the benchmarks (bench/forwarding.py, bench/late_joiner.py, bench/memory.py).
 
-The node process, the helper-process handle, the machine/version lines and the machine-wide
-busy time come from bench/forwarding.py (imported, unchanged). This module adds what those two
-benchmarks need beyond it: a helper-process worker that can also replace a subscriber (leave,
-then a new one joins) and run a late joiner that decodes and times its first frame and first
-RTP packet, plus small statistics helpers.
+The parent side: the machine/version heading, the node (or baseline server) process, the
+helper-process handle, start/stop of a server with its helpers, metrics read from /metrics and
+the machine-wide busy time. The helper side: one worker that runs aiortc Peers on the parent's
+commands (publish, add subscribers, stats, replace a subscriber, run a late joiner that decodes
+and times its first frame and first RTP packet). Plus small statistics helpers.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import math
 import multiprocessing as mp
 import os
+import platform
 import re
 import signal
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -34,49 +40,197 @@ for _path in (str(REPO), str(BENCH)):
         sys.path.insert(0, _path)
 
 import psutil  # noqa: E402
-from forwarding import (  # noqa: E402
-    COMMAND_TIMEOUT,
-    FORWARDED_METRIC,
-    ROOM,
-    WORKER_LIFETIME,
-    Helper,
-    Server,
-    free_port,
-    machine,
-    machine_busy_seconds,
-    versions,
-)
 
-__all__ = [
-    "COMMAND_TIMEOUT",
-    "FORWARDED_METRIC",
-    "REPO",
-    "Helper",
-    "Server",
-    "machine",
-    "machine_busy_seconds",
-    "metric_samples",
-    "percentile",
-    "process_rss",
-    "start_helpers",
-    "start_node",
-    "stop_all",
-    "summary",
-    "versions",
-    "wait_publishing",
-    "wait_ready",
-]
-
+ROOM = "bench"
+FORWARDED_METRIC = "giaoban_forwarded_packets_total"
 # Every giaoban_* sample on /metrics (counters and gauges), summed over label sets.
 METRIC_LINE = re.compile(r"^(giaoban_\w+?)(?:\{[^}]*\})?\s+(\S+)$", re.MULTILINE)
+COMMAND_TIMEOUT = 120.0  # seconds a helper gets to answer any one command
+WORKER_LIFETIME = 4 * 3600.0  # a helper exits on its own after this, whatever happens
 READY_TIMEOUT = 15.0  # seconds a replacing subscriber gets to receive audio and video
 
 
-# --------------------------------------------------------------------------- parent side
+# --------------------------------------------------------------------------- machine
 
 
-def start_node(workdir: Path) -> Server:
-    """Start `python -m server.cli serve` on 127.0.0.1 (host candidates 127.0.0.1 only)."""
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = [f"Python {platform.python_version()}"]
+    for package in ("aiortc", "aioice", "av", "python-socketio", "aiohttp"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"{package} (not installed)")
+    return ", ".join(parts)
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}"
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs of the machine spent not idle (psutil, system-wide)."""
+    times = psutil.cpu_times()
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return sum(times) - idle - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # Once: a second SIGTERM must not cut the cleanup (the `finally` blocks) short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(143)
+
+
+def media(video_bitrate: int) -> str:
+    """What the publisher sends."""
+    return (
+        f"640×360 30 fps VP8 barcode video pinned at {video_bitrate // 1000} kb/s "
+        f"+ Opus 48 kHz tone"
+    )
+
+
+def run_benchmark(
+    name: str,
+    workdir_prefix: str,
+    args: argparse.Namespace,
+    setup: Callable[[argparse.Namespace], str],
+    run: Callable[[argparse.Namespace, Path], int],
+) -> int:
+    """A benchmark from its heading to its exit status: `run(args, workdir)`'s.
+
+    Makes a terminated benchmark clean up, creates the log directory (workdir), prints the
+    heading (title, machine, library versions, `setup(args)`, the log directory), then runs;
+    an exception from `run` is printed as "NAME benchmark failed: …" and gives status 1.
+    """
+    # A terminated benchmark still stops its node and helpers (the `finally` blocks run).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    workdir = Path(tempfile.mkdtemp(prefix=workdir_prefix))
+    print(f"Giao Ban {name} benchmark")
+    print(f"machine: {machine()}")
+    print(f"versions: {versions()}")
+    print(setup(args))
+    print(f"logs: {workdir}")
+    try:
+        return run(args, workdir)
+    except Exception as exc:
+        print(f"\n{name} benchmark failed: {exc}", file=sys.stderr)
+        return 1
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    _log: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_timeout: float = 30.0) -> None:
+        self._log = open(self.log_path, "ab")  # closed in stop()
+        self.process = subprocess.Popen(
+            self.argv,
+            cwd=REPO,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode} before /readyz:\n"
+                    f"{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: /readyz not ready in {ready_timeout}s")
+            time.sleep(0.1)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        times = psutil.Process(self.process.pid).cpu_times()
+        return times.user + times.system
+
+    def metrics(self) -> dict[str, float]:
+        """Every `giaoban_*` sample on /metrics (counters end in _total), {} if unreachable."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except (urllib.error.URLError, OSError):
+            return {}
+        values: dict[str, float] = {}
+        for name, value in METRIC_LINE.findall(text):
+            if name.endswith("_created"):
+                continue
+            with contextlib.suppress(ValueError):
+                values[name] = values.get(name, 0.0) + float(value)
+        return values
+
+    def counters(self) -> dict[str, float]:
+        """Every `giaoban_*_total` counter on /metrics, summed over label sets ({} if none)."""
+        return {name: value for name, value in self.metrics().items() if name.endswith("_total")}
+
+    def check_alive(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            code = self.process.returncode if self.process else None
+            raise RuntimeError(f"{self.name} is not running (exit {code}):\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def local_server(name: str, argv: list[str], workdir: Path) -> Server:
+    """`argv --host 127.0.0.1 --port P` on a free port P, not started; logs to workdir/NAME.log.
+
+    Its environment: host candidates 127.0.0.1 only, data under workdir, no ICE servers, Redis
+    or database from the caller's environment.
+    """
     env = dict(os.environ)
     env.update(
         GIAOBAN_ICE_HOST_ADDRESSES="127.0.0.1",
@@ -84,18 +238,57 @@ def start_node(workdir: Path) -> Server:
         GIAOBAN_LOG_LEVEL="WARNING",
         PYTHONPATH=str(REPO),
     )
-    for name in ("GIAOBAN_ICE_SERVERS", "REDIS_URL", "DATABASE_URL"):
-        env.pop(name, None)
+    for variable in ("GIAOBAN_ICE_SERVERS", "REDIS_URL", "DATABASE_URL"):
+        env.pop(variable, None)
     port = free_port()
-    node = Server(
-        "node",
-        [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env,
-        workdir / "node.log",
-        port,
-    )
-    node.start()
-    return node
+    argv = [*argv, "--host", "127.0.0.1", "--port", str(port)]
+    return Server(name, argv, env, workdir / f"{name}.log", port)
+
+
+def node_server(workdir: Path) -> Server:
+    """The node, `python -m server.cli serve`, on 127.0.0.1 (not started)."""
+    return local_server("node", [sys.executable, "-m", "server.cli", "serve"], workdir)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class Helper:
+    index: int
+    process: mp.Process
+    conn: Connection
+    subscribers: int = 0
+
+    def call(self, message: dict[str, Any], timeout: float = COMMAND_TIMEOUT) -> dict[str, Any]:
+        self.conn.send(message)
+        deadline = time.monotonic() + timeout
+        while not self.conn.poll(0.2):
+            if not self.process.is_alive():
+                raise RuntimeError(f"helper {self.index} died (exit {self.process.exitcode})")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"helper {self.index}: no answer to {message} in {timeout}s")
+        reply = self.conn.recv()
+        if not reply.get("ok"):
+            raise RuntimeError(f"helper {self.index}: {message['cmd']} failed:\n{reply['error']}")
+        return reply
+
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.process.pid).cpu_times()
+        return times.user + times.system
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            with contextlib.suppress(Exception):
+                self.call({"cmd": "stop"}, timeout=15)
+            self.process.join(10)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self.conn.close()
 
 
 def start_helpers(
@@ -104,40 +297,87 @@ def start_helpers(
     """Start `count` helper processes running `client_worker` (logs in workdir)."""
     ctx = mp.get_context("spawn")
     helpers: list[Helper] = []
-    for index in range(count):
-        parent_end, child_end = ctx.Pipe()
-        process = ctx.Process(
-            target=client_worker,
-            args=(
-                child_end,
-                base_url,
-                os.getpid(),
-                video_bitrate,
-                str(workdir / f"{prefix}-helper{index}.log"),
-            ),
-            daemon=True,
-            name=f"bench-{prefix}-{index}",
-        )
-        process.start()
-        child_end.close()
-        helpers.append(Helper(index, process, parent_end))
+    try:
+        for index in range(count):
+            parent_end, child_end = ctx.Pipe()
+            process = ctx.Process(
+                target=client_worker,
+                args=(
+                    child_end,
+                    base_url,
+                    os.getpid(),
+                    video_bitrate,
+                    str(workdir / f"{prefix}-helper{index}.log"),
+                ),
+                daemon=True,
+                name=f"bench-{prefix}-{index}",
+            )
+            process.start()
+            child_end.close()
+            helpers.append(Helper(index, process, parent_end))
+    except BaseException:
+        stop_all(helpers, None)
+        raise
     return helpers
 
 
-def metric_samples(server: Server) -> dict[str, float]:
-    """Every `giaoban_*` sample on /metrics (counters end in _total), {} if unreachable."""
+def stop_all(helpers: list[Helper], server: Server | None) -> None:
+    for helper in helpers:
+        with contextlib.suppress(Exception):
+            helper.stop()
+    if server is not None:
+        server.stop()
+
+
+@contextlib.contextmanager
+def publishing(
+    server: Server, count: int, video_bitrate: int, workdir: Path, prefix: str
+) -> Iterator[list[Helper]]:
+    """Start `server` and `count` helpers, helper 0 publishing; stop them all on leaving.
+
+    Helper 0 only publishes (its encoder's pace must not suffer from subscribers).
+    """
+    helpers: list[Helper] = []
     try:
-        with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except (urllib.error.URLError, OSError):
-        return {}
-    values: dict[str, float] = {}
-    for name, value in METRIC_LINE.findall(text):
-        if name.endswith("_created"):
-            continue
-        with contextlib.suppress(ValueError):
-            values[name] = values.get(name, 0.0) + float(value)
-    return values
+        server.start()
+        helpers = start_helpers(count, server.url, video_bitrate, workdir, prefix)
+        helpers[0].call({"cmd": "publish"})
+        yield helpers
+    finally:
+        stop_all(helpers, server)
+
+
+def wait_ready(
+    helpers: list[Helper], server: Server, expected: int, timeout: float, label: str = ""
+) -> None:
+    """Wait until `expected` subscribers of `helpers` receive audio and video."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = [h.call({"cmd": "stats"}) for h in helpers]
+        ready = sum(s["ready"] for s in stats)
+        if ready >= expected:
+            return
+        if time.monotonic() > deadline:
+            errors = [e for s in stats for e in s["errors"]]
+            raise RuntimeError(
+                f"{label}{': ' if label else ''}only {ready}/{expected} subscribers receive "
+                f"audio and video after {timeout:.0f}s; errors: {errors}\n{server.log_tail()}"
+            )
+        server.check_alive()
+        time.sleep(0.2)
+
+
+def wait_publishing(node: Server, timeout: float) -> None:
+    """Wait until the node has received RTP from the publisher (its received counter grows)."""
+    deadline = time.monotonic() + timeout
+    while node.metrics().get("giaoban_received_packets_total", 0.0) <= 0:
+        node.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the node received no RTP in {timeout:.0f}s\n{node.log_tail()}")
+        time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- statistics
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -202,6 +442,20 @@ def _timed_peer_class() -> type:
             super()._attach_receiver(transceiver)
 
     return TimedPeer
+
+
+async def _published(publisher: Any) -> dict[str, dict[str, int]]:
+    """RTP packets and bytes the publisher has sent so far, per kind (its outbound-rtp stats)."""
+    sent: dict[str, dict[str, int]] = {}
+    for conn in publisher.up_pcs.values():
+        for sender in conn.getSenders():
+            if sender.track is None:
+                continue
+            report = await sender.getStats()
+            for stat in report.values():
+                if stat.type == "outbound-rtp":
+                    sent[sender.kind] = {"packets": stat.packetsSent, "bytes": stat.bytesSent}
+    return sent
 
 
 async def _client_main(
@@ -300,16 +554,18 @@ async def _client_main(
         return result
 
     async def stats() -> dict[str, Any]:
-        errors: list[str] = []
-        for peer in subscribers:
-            errors += peer.errors[-2:]
+        """What the subscribers received so far; with the publisher's sent packets and bytes."""
+        tracks = [t for peer in subscribers for t in peer.tracks_of()]
+        errors = [e for peer in subscribers for e in peer.errors[-2:]]
         result: dict[str, Any] = {
             "subscribers": len(subscribers),
             "ready": sum(1 for peer in subscribers if is_ready(peer)),
-            "packets": sum(t.packets for peer in subscribers for t in peer.tracks_of()),
+            "packets": sum(t.packets for t in tracks),
+            "bytes": sum(t.bytes for t in tracks),
             "errors": errors[:10],
         }
         if publisher is not None:
+            result["published"] = await _published(publisher)
             result["publisher_errors"] = publisher.errors[-5:]
         return result
 
@@ -354,43 +610,3 @@ async def _client_main(
         for peer in peers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(peer.close(), 5)
-
-
-def wait_ready(helpers: list[Helper], node: Server, expected: int, timeout: float) -> None:
-    """Wait until `expected` subscribers of `helpers` receive audio and video."""
-    deadline = time.monotonic() + timeout
-    while True:
-        stats = [h.call({"cmd": "stats"}) for h in helpers]
-        ready = sum(s["ready"] for s in stats)
-        if ready >= expected:
-            return
-        if time.monotonic() > deadline:
-            errors = [e for s in stats for e in s["errors"]]
-            raise RuntimeError(
-                f"only {ready}/{expected} subscribers receive audio and video after "
-                f"{timeout:.0f}s; errors: {errors}\n{node.log_tail()}"
-            )
-        node.check_alive()
-        time.sleep(0.2)
-
-
-def wait_publishing(node: Server, timeout: float) -> None:
-    """Wait until the node has received RTP from the publisher (its received counter grows)."""
-    deadline = time.monotonic() + timeout
-    while metric_samples(node).get("giaoban_received_packets_total", 0.0) <= 0:
-        node.check_alive()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the node received no RTP in {timeout:.0f}s\n{node.log_tail()}")
-        time.sleep(0.2)
-
-
-def stop_all(helpers: list[Helper], node: Server | None) -> None:
-    for helper in helpers:
-        with contextlib.suppress(Exception):
-            helper.stop()
-    if node is not None:
-        node.stop()
-
-
-def process_rss(pid: int) -> int:
-    return psutil.Process(pid).memory_info().rss

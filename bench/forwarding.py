@@ -18,35 +18,29 @@ printed comes from this run's measurements.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import multiprocessing as mp
 import os
-import platform
-import re
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import psutil  # noqa: E402
+from common import (
+    BENCH,
+    FORWARDED_METRIC,
+    Helper,
+    Server,
+    local_server,
+    machine_busy_seconds,
+    media,
+    node_server,
+    publishing,
+    run_benchmark,
+    wait_ready,
+)
 
-ROOM = "bench"
-FORWARDED_METRIC = "giaoban_forwarded_packets_total"
-COUNTER_LINE = re.compile(r"^(giaoban_\w+_total)(?:\{[^}]*\})?\s+(\S+)", re.MULTILINE)
 # Node counters shown under each row (per second over the window), when the node has them.
 SHOWN_COUNTERS = (
     "received_packets",
@@ -56,252 +50,7 @@ SHOWN_COUNTERS = (
     "keyframe_requests",
 )
 STEPS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-COMMAND_TIMEOUT = 120.0  # seconds a helper gets to answer any one command
-WORKER_LIFETIME = 4 * 3600.0  # a helper exits on its own after this, whatever happens
 SATURATED_PERCENT = 95.0
-
-
-# --------------------------------------------------------------------------- helpers (clients)
-
-
-def client_worker(
-    conn: Connection, base_url: str, parent_pid: int, video_bitrate: int, log_path: str
-) -> None:
-    """Entry point of a helper process: runs publisher/subscriber Peers on command."""
-    with open(log_path, "a", buffering=1) as log_file:
-        sys.stdout = sys.stderr = log_file
-        asyncio.run(_client_main(conn, base_url, parent_pid, video_bitrate))
-
-
-async def _client_main(
-    conn: Connection, base_url: str, parent_pid: int, video_bitrate: int
-) -> None:
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
-    from tests.support.media import BarcodeVideoTrack, ToneAudioTrack
-    from tests.support.peer import Peer, set_video_bitrate
-
-    set_video_bitrate(video_bitrate)
-    loop = asyncio.get_running_loop()
-    subscribers: list[Peer] = []
-    publisher: Peer | None = None
-    deadline = time.monotonic() + WORKER_LIFETIME
-
-    async def add_subscriber(index: int) -> Peer:
-        peer = Peer(base_url, f"sub-{os.getpid()}-{index}")
-        subscribers.append(peer)  # appended first so it is closed even if joining fails
-        await peer.connect()
-        await peer.join(ROOM)
-        await peer.subscribe(decode=False)
-        return peer
-
-    async def stats() -> dict[str, Any]:
-        ready = 0
-        packets = 0
-        payload_bytes = 0
-        errors: list[str] = []
-        for peer in subscribers:
-            tracks = peer.tracks_of()
-            kinds = {t.kind for t in tracks if t.packets > 0}
-            if {"audio", "video"} <= kinds:
-                ready += 1
-            packets += sum(t.packets for t in tracks)
-            payload_bytes += sum(t.bytes for t in tracks)
-            errors += peer.errors[-2:]
-        result: dict[str, Any] = {
-            "subscribers": len(subscribers),
-            "ready": ready,
-            "packets": packets,
-            "bytes": payload_bytes,
-            "errors": errors[:10],
-        }
-        if publisher is not None:
-            sent: dict[str, dict[str, int]] = {}
-            for conn_ in publisher.up_pcs.values():
-                for sender in conn_.getSenders():
-                    if sender.track is None:
-                        continue
-                    report = await sender.getStats()
-                    for stat in report.values():
-                        if stat.type == "outbound-rtp":
-                            sent[sender.kind] = {
-                                "packets": stat.packetsSent,
-                                "bytes": stat.bytesSent,
-                            }
-            result["published"] = sent
-            result["publisher_errors"] = publisher.errors[-5:]
-        return result
-
-    try:
-        while time.monotonic() < deadline:
-            if not psutil.pid_exists(parent_pid) or os.getppid() != parent_pid:
-                return
-            has_message = await loop.run_in_executor(None, conn.poll, 0.5)
-            if not has_message:
-                continue
-            message = conn.recv()
-            command = message.get("cmd")
-            try:
-                if command == "stop":
-                    conn.send({"ok": True})
-                    return
-                if command == "publish":
-                    publisher = Peer(base_url, f"publisher-{os.getpid()}")
-                    await publisher.connect()
-                    await publisher.join(ROOM)
-                    result = await publisher.publish([BarcodeVideoTrack(), ToneAudioTrack()])
-                    conn.send({"ok": True, "tracks": result.get("tracks", [])})
-                elif command == "add":
-                    start = len(subscribers)
-                    count = int(message["count"])
-                    batch = 8
-                    for first in range(start, start + count, batch):
-                        last = min(first + batch, start + count)
-                        await asyncio.gather(*(add_subscriber(i) for i in range(first, last)))
-                    conn.send({"ok": True, "subscribers": len(subscribers)})
-                elif command == "stats":
-                    conn.send({"ok": True, **(await stats())})
-                else:
-                    conn.send({"ok": False, "error": f"unknown command {command!r}"})
-            except Exception:
-                conn.send({"ok": False, "error": traceback.format_exc()})
-    finally:
-        peers = [*subscribers, *([publisher] if publisher else [])]
-        for peer in peers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(peer.close(), 5)
-
-
-@dataclass
-class Helper:
-    index: int
-    process: mp.Process
-    conn: Connection
-    subscribers: int = 0
-    publishes: bool = False
-
-    def call(self, message: dict[str, Any], timeout: float = COMMAND_TIMEOUT) -> dict[str, Any]:
-        self.conn.send(message)
-        deadline = time.monotonic() + timeout
-        while not self.conn.poll(0.2):
-            if not self.process.is_alive():
-                raise RuntimeError(f"helper {self.index} died (exit {self.process.exitcode})")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"helper {self.index}: no answer to {message} in {timeout}s")
-        reply = self.conn.recv()
-        if not reply.get("ok"):
-            raise RuntimeError(f"helper {self.index}: {message['cmd']} failed:\n{reply['error']}")
-        return reply
-
-    def cpu_seconds(self) -> float:
-        times = psutil.Process(self.process.pid).cpu_times()
-        return times.user + times.system
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            with contextlib.suppress(Exception):
-                self.call({"cmd": "stop"}, timeout=15)
-            self.process.join(10)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
-        self.conn.close()
-
-
-# --------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-    _log: Any = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, ready_timeout: float = 30.0) -> None:
-        self._log = open(self.log_path, "ab")  # closed in stop()
-        self.process = subprocess.Popen(
-            self.argv,
-            cwd=REPO,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.process.returncode} before /readyz:\n"
-                    f"{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name}: /readyz not ready in {ready_timeout}s")
-            time.sleep(0.1)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join(text[-lines:])
-
-    def cpu_seconds(self) -> float:
-        assert self.process is not None
-        times = psutil.Process(self.process.pid).cpu_times()
-        return times.user + times.system
-
-    def counters(self) -> dict[str, float]:
-        """Every `giaoban_*_total` counter on /metrics, summed over label sets ({} if none)."""
-        try:
-            with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
-                text = response.read().decode()
-        except (urllib.error.URLError, OSError):
-            return {}
-        totals: dict[str, float] = {}
-        for name, value in COUNTER_LINE.findall(text):
-            totals[name] = totals.get(name, 0.0) + float(value)
-        return totals
-
-    def check_alive(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            code = self.process.returncode if self.process else None
-            raise RuntimeError(f"{self.name} is not running (exit {code}):\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 # --------------------------------------------------------------------------- measuring
@@ -350,13 +99,6 @@ class Series:
     notes: list[str] = field(default_factory=list)
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all CPUs of the machine spent not idle (psutil, system-wide)."""
-    times = psutil.cpu_times()
-    idle = times.idle + getattr(times, "iowait", 0.0)
-    return sum(times) - idle - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
-
-
 def udp_receive_drops() -> int | None:
     """Machine-wide count of UDP datagrams dropped for a full receive buffer (Linux)."""
     try:
@@ -393,35 +135,11 @@ def run_series(
     use_metrics: bool,
 ) -> Series:
     series = Series(name)
-    ctx = mp.get_context("spawn")
-    helpers: list[Helper] = []
-    try:
-        server.start()
-        # Process 0 only publishes (its encoder's pace must not suffer from subscribers);
-        # processes 1..--helpers only subscribe.
-        for index in range(args.helpers + 1):
-            parent_end, child_end = ctx.Pipe()
-            process = ctx.Process(
-                target=client_worker,
-                args=(
-                    child_end,
-                    server.url,
-                    os.getpid(),
-                    args.video_bitrate,
-                    str(workdir / f"{name}-helper{index}.log"),
-                ),
-                daemon=True,
-                name=f"bench-helper-{index}",
-            )
-            process.start()
-            child_end.close()
-            helpers.append(Helper(index, process, parent_end))
-        helpers[0].call({"cmd": "publish"})
-        helpers[0].publishes = True
-
+    # Helper 0 only publishes; helpers 1..--helpers only subscribe.
+    with publishing(server, args.helpers + 1, args.video_bitrate, workdir, name) as helpers:
+        subscribing = helpers[1:]
         for n in steps:
             server.check_alive()
-            subscribing = helpers[1:]
             while sum(h.subscribers for h in subscribing) < n:
                 target = min(subscribing, key=lambda h: h.subscribers)
                 missing = n - sum(h.subscribers for h in subscribing)
@@ -429,20 +147,7 @@ def run_series(
                 reply = target.call({"cmd": "add", "count": share})
                 target.subscribers = reply["subscribers"]
 
-            ready_deadline = time.monotonic() + args.ready_timeout + n
-            while True:
-                stats = helpers_stats(helpers)
-                ready = sum(s["ready"] for s in stats)
-                if ready >= n:
-                    break
-                if time.monotonic() > ready_deadline:
-                    errors = [e for s in stats for e in s["errors"]]
-                    raise RuntimeError(
-                        f"{name}: only {ready}/{n} subscribers receive audio and video after "
-                        f"{args.ready_timeout + n:.0f}s; errors: {errors}\n{server.log_tail()}"
-                    )
-                server.check_alive()
-                time.sleep(0.2)
+            wait_ready(subscribing, server, n, args.ready_timeout + n, name)
             time.sleep(args.warmup)
 
             before_stats = helpers_stats(helpers)
@@ -510,10 +215,6 @@ def run_series(
             ]
             if errors:
                 series.notes.append(f"{name} N={n}: client errors {errors[:3]}")
-    finally:
-        for helper in helpers:
-            helper.stop()
-        server.stop()
     return series
 
 
@@ -551,30 +252,6 @@ def print_row(name: str, row: Row) -> None:
         )
     if shown:
         print(f"{'':>4} per second: {', '.join(shown)}", flush=True)
-
-
-def versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    parts = [f"Python {platform.python_version()}"]
-    for package in ("aiortc", "aioice", "av", "python-socketio", "aiohttp"):
-        try:
-            parts.append(f"{package} {version(package)}")
-        except PackageNotFoundError:
-            parts.append(f"{package} (not installed)")
-    return ", ".join(parts)
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}"
 
 
 def print_comparison(forwarding: Series, baseline: Series) -> None:
@@ -619,6 +296,20 @@ def print_series(series: Series) -> None:
         print(f"  note: {note}")
 
 
+def print_legend() -> None:
+    print(
+        "\nColumns: server CPU % = the node (or baseline) process, % of one core; "
+        "pkts/s = forwarded per second (baseline: received by the subscribers); "
+        "µs/pkt = server CPU per packet; CPU s/sub/s = server CPU seconds per subscriber per "
+        "second; recv pkts/s = received by all subscribers; pub = what the publisher sent; "
+        "clients CPU % = the publisher's process then each subscriber process, % of one core; "
+        "recv/sub = packets/s each subscriber received on average (the baseline's re-encoders send "
+        "fewer when they fall behind); 'per second' lines: the node's own counters from "
+        "/metrics, kernel UDP drops and how busy the whole machine was (other work on a shared "
+        "machine skews the figures)."
+    )
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -653,103 +344,72 @@ def steps_up_to(limit: int) -> list[int]:
     return steps
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # A terminated benchmark still stops its node and helpers (the `finally` blocks run).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    workdir = Path(tempfile.mkdtemp(prefix="giaoban-bench-"))
-    env = dict(os.environ)
-    env.update(
-        GIAOBAN_ICE_HOST_ADDRESSES="127.0.0.1",
-        GIAOBAN_DATA_DIR=str(workdir / "data"),
-        GIAOBAN_LOG_LEVEL="WARNING",
-        PYTHONPATH=str(REPO),
-    )
-    env.pop("GIAOBAN_ICE_SERVERS", None)
-    env.pop("REDIS_URL", None)
-    env.pop("DATABASE_URL", None)
+def measure_series(
+    name: str,
+    heading: str,
+    server: Server,
+    limit: int,
+    args: argparse.Namespace,
+    workdir: Path,
+    use_metrics: bool,
+) -> Series | None:
+    """Print the series' heading and rows, then its notes; None (reported) if it failed."""
+    print(f"\n{heading}")
+    print(HEADER, flush=True)
+    try:
+        series = run_series(name, server, steps_up_to(limit), args, workdir, use_metrics)
+    except Exception as exc:
+        print(f"\n{name} benchmark failed: {exc}", file=sys.stderr)
+        return None
+    print_series(series)
+    return series
 
-    print("Giao Ban forwarding benchmark")
-    print(f"machine: {machine()}")
-    print(f"versions: {versions()}")
-    print(
-        f"publisher: 1 × 640×360 30 fps VP8 barcode video pinned at "
-        f"{args.video_bitrate // 1000} kb/s + Opus 48 kHz tone; subscribers do not decode; "
+
+def setup(args: argparse.Namespace) -> str:
+    return (
+        f"publisher: 1 × {media(args.video_bitrate)}; subscribers do not decode; "
         f"publisher in its own process, subscribers in {args.helpers}; {args.warmup:g} s warm-up, "
         f"{args.duration:g} s measured per N"
     )
-    print(f"logs: {workdir}")
 
-    node_port = free_port()
-    node = Server(
-        "node",
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(node_port),
-        ],
-        env,
-        workdir / "node.log",
-        node_port,
-    )
-    forwarding = Series("forwarding")
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    forwarding: Series | None = Series("forwarding")
     if args.only != "baseline":
-        print("\nForwarding (giaoban serve, RTP forwarding):")
-        print(HEADER, flush=True)
-        try:
-            forwarding = run_series(
-                "forwarding", node, steps_up_to(args.max_subscribers), args, workdir, True
-            )
-        except Exception as exc:
-            print(f"\nforwarding benchmark failed: {exc}", file=sys.stderr)
-            return 1
-        print_series(forwarding)
-
+        forwarding = measure_series(
+            "forwarding",
+            "Forwarding (giaoban serve, RTP forwarding):",
+            node_server(workdir),
+            args.max_subscribers,
+            args,
+            workdir,
+            use_metrics=True,
+        )
+    if forwarding is None:
+        return 1
     if args.baseline_max <= 0 or args.only == "forwarding":
         return 0
-    baseline_port = free_port()
-    baseline_server = Server(
-        "relay_baseline",
-        [
-            sys.executable,
-            str(REPO / "bench" / "relay_baseline.py"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(baseline_port),
-        ],
-        env,
-        workdir / "relay_baseline.log",
-        baseline_port,
+    baseline_server = local_server(
+        "relay_baseline", [sys.executable, str(BENCH / "relay_baseline.py")], workdir
     )
-    print("\nBaseline (bench/relay_baseline.py, aiortc MediaRelay: decode once, encode per sub):")
-    print(HEADER, flush=True)
-    try:
-        baseline = run_series(
-            "baseline", baseline_server, steps_up_to(args.baseline_max), args, workdir, False
-        )
-    except Exception as exc:
-        print(f"\nbaseline benchmark failed: {exc}", file=sys.stderr)
+    baseline = measure_series(
+        "baseline",
+        "Baseline (bench/relay_baseline.py, aiortc MediaRelay: decode once, encode per sub):",
+        baseline_server,
+        args.baseline_max,
+        args,
+        workdir,
+        use_metrics=False,  # no /metrics: its packets are what its subscribers received
+    )
+    if baseline is None:
         return 1
-    print_series(baseline)
     print_comparison(forwarding, baseline)
-    print(
-        "\nColumns: server CPU % = the node (or baseline) process, % of one core; "
-        "pkts/s = forwarded per second (baseline: received by the subscribers); "
-        "µs/pkt = server CPU per packet; CPU s/sub/s = server CPU seconds per subscriber per "
-        "second; recv pkts/s = received by all subscribers; pub = what the publisher sent; "
-        "clients CPU % = the publisher's process then each subscriber process, % of one core; "
-        "recv/sub = packets/s each subscriber received on average (the baseline's re-encoders send "
-        "fewer when they fall behind); 'per second' lines: the node's own counters from "
-        "/metrics, kernel UDP drops and how busy the whole machine was (other work on a shared "
-        "machine skews the figures)."
-    )
+    print_legend()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_benchmark("forwarding", "giaoban-bench-", parse_args(argv), setup, run)
 
 
 if __name__ == "__main__":

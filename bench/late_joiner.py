@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,16 +24,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
-    Helper,
-    Server,
-    machine,
     machine_busy_seconds,
-    metric_samples,
-    start_helpers,
-    start_node,
-    stop_all,
+    media,
+    node_server,
+    publishing,
+    run_benchmark,
     summary,
-    versions,
     wait_publishing,
     wait_ready,
 )
@@ -107,16 +101,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def setup(args: argparse.Namespace) -> str:
+    return (
+        f"setup: 1 publisher ({media(args.video_bitrate)}) in its own process; "
+        f"{args.background_subscribers} background subscribers (not decoding) in another; "
+        f"{args.joiners} late joiners one after another in a third, each a fresh aiortc "
+        f"Peer that decodes (connect, join, subscribe, wait for the first video and audio "
+        f"frames, leave), {args.pause:g} s apart, after {args.prime} priming joiner(s) not "
+        f"counted; {args.warmup:g} s warm-up"
+    )
+
+
 def run(args: argparse.Namespace, workdir: Path) -> int:
-    node: Server | None = None
-    helpers: list[Helper] = []
-    try:
-        node = start_node(workdir)
-        # 0: publisher; 1: late joiners; 2: background subscribers (if any).
-        count = 3 if args.background_subscribers else 2
-        helpers = start_helpers(count, node.url, args.video_bitrate, workdir, "late")
-        publisher, joiner = helpers[0], helpers[1]
-        publisher.call({"cmd": "publish"})
+    print(
+        "note: the decoded-frame figure includes the aiortc subscriber's own receive latency "
+        "(jitter buffer + VP8 decoder); the RTP-packet figure does not (see the notes at the end)"
+    )
+    node = node_server(workdir)
+    # 0: publisher; 1: late joiners; 2: background subscribers (if any).
+    count = 3 if args.background_subscribers else 2
+    with publishing(node, count, args.video_bitrate, workdir, "late") as helpers:
+        joiner = helpers[1]
         wait_publishing(node, 20)
         if args.background_subscribers:
             background = helpers[2]
@@ -139,7 +144,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             print_sample(f"p{index + 1}", sample)
             time.sleep(args.pause)
 
-        before = metric_samples(node)
+        before = node.metrics()
         busy0, wall0 = machine_busy_seconds(), time.monotonic()
         samples: list[dict[str, Any]] = []
         for index in range(args.joiners):
@@ -153,7 +158,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             if index + 1 < args.joiners:
                 time.sleep(args.pause)
         busy1, wall1 = machine_busy_seconds(), time.monotonic()
-        after = metric_samples(node)
+        after = node.metrics()
         node.check_alive()
         if args.background_subscribers:
             still = helpers[2].call({"cmd": "stats"})
@@ -163,8 +168,6 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             )
         else:
             background_line = ""
-    finally:
-        stop_all(helpers, node)
 
     frames = [v for s in samples if (v := since_connected(s, "first_video_frame")) is not None]
     packets = [v for s in samples if (v := since_connected(s, "first_video_packet")) is not None]
@@ -222,33 +225,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # A terminated benchmark still stops its node and helpers (the `finally` blocks run).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    workdir = Path(tempfile.mkdtemp(prefix="giaoban-bench-late-"))
-    print("Giao Ban late-joiner benchmark")
-    print(f"machine: {machine()}")
-    print(f"versions: {versions()}")
-    print(
-        f"setup: 1 publisher (640×360 30 fps VP8 barcode video pinned at "
-        f"{args.video_bitrate // 1000} kb/s + Opus 48 kHz tone) in its own process; "
-        f"{args.background_subscribers} background subscribers (not decoding) in another; "
-        f"{args.joiners} late joiners one after another in a third, each a fresh aiortc "
-        f"Peer that decodes (connect, join, subscribe, wait for the first video and audio "
-        f"frames, leave), "
-        f"{args.pause:g} s apart, after {args.prime} priming joiner(s) not counted; "
-        f"{args.warmup:g} s warm-up"
-    )
-    print(f"logs: {workdir}")
-    print(
-        "note: the decoded-frame figure includes the aiortc subscriber's own receive latency "
-        "(jitter buffer + VP8 decoder); the RTP-packet figure does not (see the notes at the end)"
-    )
-    try:
-        return run(args, workdir)
-    except Exception as exc:
-        print(f"\nlate-joiner benchmark failed: {exc}", file=sys.stderr)
-        return 1
+    return run_benchmark("late-joiner", "giaoban-bench-late-", parse_args(argv), setup, run)
 
 
 if __name__ == "__main__":

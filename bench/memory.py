@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +31,11 @@ from common import (
     FORWARDED_METRIC,
     Helper,
     Server,
-    machine,
     machine_busy_seconds,
-    metric_samples,
-    start_helpers,
-    start_node,
-    stop_all,
-    versions,
+    media,
+    node_server,
+    publishing,
+    run_benchmark,
     wait_publishing,
     wait_ready,
 )
@@ -100,7 +96,7 @@ def take_sample(node: Server, t0: float, churns: int) -> Sample:
         rss = process.memory_info().rss
         threads = process.num_threads()
         fds = process.num_fds() if hasattr(process, "num_fds") else None
-    metrics = metric_samples(node)
+    metrics = node.metrics()
     return Sample(
         at=time.monotonic() - t0,
         rss=rss,
@@ -175,14 +171,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def setup(args: argparse.Namespace) -> str:
+    churn = f"every {args.churn_every:g} s" if args.churn_every else "off"
+    return (
+        f"setup: 1 publisher ({media(args.video_bitrate)}) in its own process; "
+        f"{args.subscribers} subscribers (not decoding) in {args.helpers} more; "
+        f"{args.warmup:g} s warm-up, then node RSS every {args.sample_seconds:g} s for "
+        f"{args.minutes:g} min; churn {churn}"
+    )
+
+
 def run(args: argparse.Namespace, workdir: Path) -> int:
-    node: Server | None = None
-    helpers: list[Helper] = []
+    node = node_server(workdir)
     samples: list[Sample] = []
-    try:
-        node = start_node(workdir)
-        helpers = start_helpers(1 + args.helpers, node.url, args.video_bitrate, workdir, "memory")
-        helpers[0].call({"cmd": "publish"})
+    with publishing(node, 1 + args.helpers, args.video_bitrate, workdir, "memory") as helpers:
         wait_publishing(node, 20)
         subscribing = helpers[1:]
         for i, helper in enumerate(subscribing):
@@ -209,9 +211,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         wall = time.monotonic() - t0
         busy = machine_busy_seconds() - busy0
         final = [h.call({"cmd": "stats"}) for h in subscribing]
-        counters = metric_samples(node)
-    finally:
-        stop_all(helpers, node)
+        counters = node.metrics()
 
     start, end = samples[0], samples[-1]
     top = max(samples, key=lambda s: s.rss)
@@ -290,27 +290,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # A terminated benchmark still stops its node and helpers (the `finally` blocks run).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    workdir = Path(tempfile.mkdtemp(prefix="giaoban-bench-memory-"))
-    print("Giao Ban memory benchmark")
-    print(f"machine: {machine()}")
-    print(f"versions: {versions()}")
-    print(
-        f"setup: 1 publisher (640×360 30 fps VP8 barcode video pinned at "
-        f"{args.video_bitrate // 1000} kb/s + Opus 48 kHz tone) in its own process; "
-        f"{args.subscribers} subscribers (not decoding) in {args.helpers} more; "
-        f"{args.warmup:g} s warm-up, then node RSS every {args.sample_seconds:g} s for "
-        f"{args.minutes:g} min; churn "
-        + (f"every {args.churn_every:g} s" if args.churn_every else "off")
-    )
-    print(f"logs: {workdir}")
-    try:
-        return run(args, workdir)
-    except Exception as exc:
-        print(f"\nmemory benchmark failed: {exc}", file=sys.stderr)
-        return 1
+    return run_benchmark("memory", "giaoban-bench-memory-", parse_args(argv), setup, run)
 
 
 if __name__ == "__main__":

@@ -58,8 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     app = make_app(config)
     shown_host = "localhost" if config.host in ("0.0.0.0", "::") else config.host
     print(f"Giao Ban: {config.scheme}://{shown_host}:{config.port}", flush=True)
+    from server.app import SHUTDOWN_TIMEOUT
+
     web.run_app(
-        app, host=config.host, port=config.port, ssl_context=context, print=None, access_log=None
+        app,
+        host=config.host,
+        port=config.port,
+        ssl_context=context,
+        print=None,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
     return 0
 

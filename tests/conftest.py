@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from server.app import STATS, make_app
+from server.app import SHUTDOWN_TIMEOUT, STATS, make_app
 from server.config import Config
 from server.sfu.ice import restrict_host_addresses
 from server.sfu.stats import SfuStats
@@ -26,24 +26,43 @@ for noisy in ("aioice", "aiortc", "aiohttp.access", "engineio", "socketio"):
 
 @dataclass
 class Node:
+    """A running node: its app (for looking inside) and its URL."""
+
+    config: Config
     app: web.Application
-    url: str
+    server: TestServer
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
 
     @property
     def stats(self) -> SfuStats:
         return self.app[STATS]
 
+    @classmethod
+    async def start(cls, config: Config, port: int = 0) -> Node:
+        app = make_app(config)
+        server = TestServer(app, host="127.0.0.1", port=port)
+        await server.start_server(shutdown_timeout=SHUTDOWN_TIMEOUT)
+        return cls(config, app, server)
+
+    async def restart(self) -> None:
+        """Stop the node (every connection drops) and start a fresh one on the same port."""
+        port = self.server.port
+        await self.server.close()
+        fresh = await Node.start(self.config, port)
+        self.app, self.server = fresh.app, fresh.server
+
 
 @pytest.fixture
 async def node(tmp_path) -> AsyncIterator[Node]:  # type: ignore[no-untyped-def]
     config = Config(host="127.0.0.1", port=0, data_dir=tmp_path, ice_host_addresses=("127.0.0.1",))
-    app = make_app(config)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    running = await Node.start(config)
     try:
-        yield Node(app, str(server.make_url("")).rstrip("/"))
+        yield running
     finally:
-        await server.close()
+        await running.server.close()
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ from aiortc.rtp import (
 from server.sfu.rtp_header import ExtensionIds
 
 SUPPORTED_AIORTC = "1.16.0"
+RENACK_INTERVAL_MS = 20
 
 _R = "_RTCRtpReceiver__"
 _S = "_RTCRtpSender__"
@@ -123,6 +124,7 @@ def disable_decoding(receiver: RTCRtpReceiver, on_packet: PacketSink) -> None:
     nack_generator = getattr(receiver, _R + "nack_generator")
     estimator = getattr(receiver, _R + "remote_bitrate_estimator")
     statistics_class = _receiver_module.StreamStatistics
+    last_nack = [0]  # arrival time (ms) of the last NACK sent
     rtcp_ssrc_field = _R + "rtcp_ssrc"
 
     async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
@@ -165,8 +167,15 @@ def disable_decoding(receiver: RTCRtpReceiver, on_packet: PacketSink) -> None:
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
             codec = codecs[apt]
             retransmitted = True
-        if nack_generator is not None and nack_generator.add(packet):
-            await receiver._send_rtcp_nack(packet.ssrc, sorted(nack_generator.missing))
+        if nack_generator is not None:
+            # aiortc NACKs a gap once; if that NACK or its retransmission is lost too, the
+            # packet never comes and every subscriber freezes until a keyframe. Ask again
+            # while it is missing (aiortc forgets gaps older than 128 packets), as libwebrtc does.
+            if nack_generator.add(packet) or (
+                nack_generator.missing and arrival_time_ms - last_nack[0] >= RENACK_INTERVAL_MS
+            ):
+                last_nack[0] = arrival_time_ms
+                await receiver._send_rtcp_nack(packet.ssrc, sorted(nack_generator.missing))
         await on_packet(packet, codec, retransmitted)
 
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]

@@ -24,6 +24,7 @@ async def test_three_percent_loss_both_ways_keeps_the_frame_rate(node, new_page)
         sent, seen = await asyncio.gather(
             sent_video_fps(publisher, 5.0), received_video(subscriber, publisher_id, 5.0)
         )
+    print(f"\nloss: {loss}\nsent {sent:.1f} fps, decoded {seen}\nnode {node.stats}")
     assert loss.dropped_in > 0.015 * loss.received, loss
     assert loss.dropped_out > 0.015 * loss.sent, loss
     assert node.stats.retransmitted_packets > 0, "the node answered the subscriber's NACKs"

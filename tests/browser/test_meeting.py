@@ -61,3 +61,29 @@ async def test_muting_the_microphone_shows_and_stops_forwarding(node, new_page):
     await second.wait_for_selector(
         f'#grid .tile[data-participant-id="{first_id}"][data-cam-muted="true"]', timeout=5_000
     )
+
+
+async def test_pages_rejoin_by_themselves_after_the_node_restarts(node, new_page):
+    first, second = await new_page(), await new_page()
+    await join_via_ui(first, node.url, "restart", "UBND tỉnh")
+    second_id = await join_via_ui(second, node.url, "restart", "UBND xã D")
+    await wait_for_remote_video(first, second_id)
+
+    await node.restart()  # every socket and peer connection drops at once
+    for page in (first, second):
+        await page.wait_for_selector(
+            '#conn-state[data-state="reconnecting"], #conn-state[data-state="connecting"]',
+            timeout=5_000,
+        )
+    # Both pages come back on their own, under new participant ids, and see each other again.
+    for page in (first, second):
+        await page.wait_for_selector('#conn-state[data-state="connected"]', timeout=20_000)
+    new_first = await first.evaluate("() => window.giaoban.client.participantId")
+    new_second = await second.evaluate("() => window.giaoban.client.participantId")
+    assert new_second != second_id
+    await wait_for_remote_video(first, new_second, timeout=10.0)
+    await wait_for_remote_video(second, new_first, timeout=10.0)
+    seen = await received_video(first, new_second, 2.0)
+    assert seen["fps"] >= 10, seen
+    # The stale tile of the participant who existed before the restart is gone.
+    assert await first.query_selector(f'#grid .tile[data-participant-id="{second_id}"]') is None

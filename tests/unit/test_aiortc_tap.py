@@ -312,6 +312,28 @@ async def test_gaps_still_produce_nacks(
     assert [p.sequence_number for p, _, _ in sink.packets] == [100, 101, 104]
 
 
+async def test_a_missing_packet_is_nacked_again_until_it_arrives(
+    tapped: tuple[RTCRtpReceiver, Sink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver, _sink = tapped
+    nacks: list[tuple[int, list[int]]] = []
+
+    async def record_nack(media_ssrc: int, lost: list[int]) -> None:
+        nacks.append((media_ssrc, lost))
+
+    monkeypatch.setattr(receiver, "_send_rtcp_nack", record_nack)
+    step = aiortc_tap.RENACK_INTERVAL_MS
+    await receiver._handle_rtp_packet(media_packet(100), arrival_time_ms=1000)
+    await receiver._handle_rtp_packet(media_packet(102), arrival_time_ms=1000)  # 101 lost
+    await receiver._handle_rtp_packet(media_packet(103), arrival_time_ms=1000 + step - 1)
+    assert nacks == [(MEDIA_SSRC, [101])]  # not again before the interval
+    await receiver._handle_rtp_packet(media_packet(104), arrival_time_ms=1000 + step)
+    assert nacks == [(MEDIA_SSRC, [101])] * 2  # still missing: asked again
+    await receiver._handle_rtp_packet(media_packet(101), arrival_time_ms=1000 + 2 * step)
+    await receiver._handle_rtp_packet(media_packet(105), arrival_time_ms=1000 + 4 * step)
+    assert len(nacks) == 2  # arrived: nothing more to ask for
+
+
 async def test_request_keyframe_sends_a_pli(
     tapped: tuple[RTCRtpReceiver, Sink], monkeypatch: pytest.MonkeyPatch
 ) -> None:
