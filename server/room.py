@@ -142,7 +142,6 @@ class Room:
                 self._settings,
                 self._stats,
                 self._on_audio_level,
-                lambda: None,
             )
             participant.up[pc_name] = conn
         try:
@@ -211,7 +210,7 @@ class Room:
                 participant.id, "down_offer", {"revision": revision, "sdp": sdp, "tracks": tracks}
             )
 
-        down = DownConnection(participant.id, self._settings, self._stats, send_offer, lambda: None)
+        down = DownConnection(participant.id, self._settings, self._stats, send_offer)
         participant.down = down
         log.info("subscribe room=%s participant=%s", self.name, participant.id)
         others = [t for p in self.participants.values() if p is not participant for t in p.tracks]

@@ -118,7 +118,6 @@ class UpConnection:
         settings: MediaSettings,
         stats: SfuStats,
         on_audio_level: AudioLevelSink,
-        on_failed: Callable[[], None],
     ) -> None:
         self.name = name
         self.participant_id = participant_id
@@ -130,11 +129,6 @@ class UpConnection:
         stats.peer_connections += 1
         self._closed = False
         self._taps: dict[int, _ReceiverTap] = {}
-
-        @self.pc.on("connectionstatechange")
-        def _state() -> None:
-            if self.pc.connectionState == "failed":
-                on_failed()
 
         @self.pc.on("track")
         def _track(track: MediaStreamTrack) -> None:
@@ -306,7 +300,6 @@ class DownConnection:
     settings: MediaSettings
     stats: SfuStats
     send_offer: OfferSink
-    on_failed: Callable[[], None]
     pc: RTCPeerConnection = field(init=False)
     revision: int = 0
     _slots: list[_Slot] = field(default_factory=list)
@@ -318,11 +311,6 @@ class DownConnection:
     def __post_init__(self) -> None:
         self.pc = RTCPeerConnection(self.settings.rtc_configuration())
         self.stats.peer_connections += 1
-
-        @self.pc.on("connectionstatechange")
-        def _state() -> None:
-            if self.pc.connectionState == "failed":
-                self.on_failed()
 
     @property
     def tracks(self) -> list[DownTrack]:

@@ -13,7 +13,7 @@ from server.errors import ConfigError
 
 ICE_JSON = (
     '[{"urls": ["turn:turn.example.vn:3478"], "username": "u", "credential": "p"},'
-    ' {"urls": "stun:stun.example.vn"}]'
+    ' {"urls": "turns:turn2.example.vn:5349"}]'
 )
 
 FULL_ENV = {
@@ -61,7 +61,7 @@ def test_every_setting_is_parsed() -> None:
     assert config.database_url == "postgresql://gb:pw@db/gb"
     assert config.ice_servers == (
         {"urls": ["turn:turn.example.vn:3478"], "username": "u", "credential": "p"},
-        {"urls": "stun:stun.example.vn"},
+        {"urls": "turns:turn2.example.vn:5349"},
     )
     assert config.ice_host_addresses == ("10.0.0.5", "192.168.1.10", "fd00::5")
     assert config.ice_public_address == "203.0.113.7"
