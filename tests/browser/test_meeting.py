@@ -87,3 +87,15 @@ async def test_pages_rejoin_by_themselves_after_the_node_restarts(node, new_page
     assert seen["fps"] >= 10, seen
     # The stale tile of the participant who existed before the restart is gone.
     assert await first.query_selector(f'#grid .tile[data-participant-id="{second_id}"]') is None
+
+
+async def test_a_name_with_markup_is_shown_as_text(node, new_page):
+    hostile = '<img src=x onerror="window.__pwned=1">UBND xã E'
+    watcher, other = await new_page(), await new_page()
+    await join_via_ui(watcher, node.url, "names", "UBND tỉnh")
+    other_id = await join_via_ui(other, node.url, "names", hostile)
+    entry = f'#participants li[data-participant-id="{other_id}"]'
+    await watcher.wait_for_selector(entry, timeout=5_000)
+    assert hostile in await watcher.inner_text(entry)
+    assert await watcher.query_selector(f"{entry} img") is None
+    assert await watcher.evaluate("() => window.__pwned") is None
