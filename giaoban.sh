@@ -117,6 +117,9 @@ Install a newer Python (Debian 12 has 3.11, Debian 13 has 3.13) or point PYTHON=
         have redis-server || missing+=(redis-server)
         # Playwright drives Debian's Chromium (executable_path); it never downloads a browser.
         [ -x /usr/bin/chromium ] || missing+=(chromium)
+        # The store tests start a throwaway PostgreSQL from Debian's binaries (unless
+        # TEST_DATABASE_URL names a server).
+        compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
     fi
 
     apt_install "${missing[@]}"

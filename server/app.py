@@ -7,13 +7,17 @@ from collections.abc import AsyncIterator
 
 import socketio
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
+from server.accounts import has_admin
 from server.config import Config
+from server.errors import StoreError
 from server.metrics import Metrics
 from server.rooms import Rooms
 from server.sfu.connections import MediaSettings
 from server.sfu.ice import restrict_host_addresses
 from server.sfu.stats import SfuStats
+from server.store.db import Database, database_url
 from signaling.namespace import MeetingNamespace
 
 log = logging.getLogger(__name__)
@@ -29,6 +33,9 @@ ROOMS = web.AppKey("rooms", Rooms)
 METRICS = web.AppKey("metrics", Metrics)
 SIGNALING = web.AppKey("signaling", MeetingNamespace)
 STATS = web.AppKey("stats", SfuStats)
+DATABASE = web.AppKey("database", Database)
+
+FIRST_ADMIN_COMMAND = "giaoban users add admin --role admin"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -52,7 +59,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 def make_app(config: Config) -> web.Application:
     """Build a node: HTTP routes, Socket.IO signaling, the SFU."""
-    restrict_host_addresses(config.ice_host_addresses)
+    # Process-wide (aioice has no per-connection setting). Only a configured list is applied:
+    # building an app with the default must not undo an earlier restriction (tests keep media
+    # on loopback this way), and a process serves one config anyway.
+    if config.ice_host_addresses:
+        restrict_host_addresses(config.ice_host_addresses)
     app = web.Application(client_max_size=1024 * 1024)
     stats = SfuStats()
     media = MediaSettings(ice_servers=config.ice_servers, public_address=config.ice_public_address)
@@ -68,6 +79,8 @@ def make_app(config: Config) -> web.Application:
         logger=False,
         engineio_logger=False,
     )
+    # No I/O yet: the lifecycle below connects and migrates.
+    database = Database(database_url(config))
     namespace = MeetingNamespace(rooms, node_metrics, list(config.ice_servers))
     rooms.notifier = namespace
     sio.register_namespace(namespace)
@@ -78,6 +91,7 @@ def make_app(config: Config) -> web.Application:
     app[METRICS] = node_metrics
     app[SIGNALING] = namespace
     app[STATS] = stats
+    app[DATABASE] = database
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -93,12 +107,30 @@ def make_app(config: Config) -> web.Application:
                 "REDIS_URL is set, but presence across nodes is not built yet: "
                 "this node keeps presence in process"
             )
-        if config.database_url:
-            log.warning("DATABASE_URL is set, but this node has no stored data yet")
+        try:
+            await database.migrate()
+            async with database.session() as session:
+                first_start = not await has_admin(session)
+        except SQLAlchemyError as exc:
+            await database.close()
+            raise StoreError(f"{database.display_url}: {exc}".splitlines()[0]) from exc
+        except BaseException:
+            await database.close()
+            raise
+        log.info("database ready: %s", database.display_url)
+        if first_start:
+            log.warning(
+                "no admin account yet: create the first one with `%s` "
+                "(chưa có tài khoản quản trị: hãy tạo bằng lệnh trên)",
+                FIRST_ADMIN_COMMAND,
+            )
         log.info("node ready on %s", config.base_url)
         yield
-        await rooms.close()
-        await sio.shutdown()
+        try:
+            await rooms.close()
+            await sio.shutdown()
+        finally:
+            await database.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -1,15 +1,17 @@
-"""`giaoban` command line: `giaoban serve` starts a node."""
+"""`giaoban` command line: `giaoban serve` starts a node, `giaoban users ...` manages accounts."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import getpass
 import logging
 import sys
 
 from aiohttp import web
 
 from server.config import SETTINGS, Config
-from server.errors import ConfigError
+from server.errors import BadRequest, ConfigError, GiaoBanError, StoreError
 
 
 def _settings_help() -> str:
@@ -34,41 +36,157 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (GIAOBAN_HOST)")
     serve.add_argument("--port", type=int, help="TCP port (GIAOBAN_PORT)")
+    _add_users_parser(commands)
     return parser
+
+
+def _add_users_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    users = commands.add_parser(
+        "users",
+        help="manage accounts (tài khoản): add, list, passwd, disable",
+        description="Manage accounts in the node's database (GIAOBAN_DATA_DIR or DATABASE_URL).",
+    )
+    actions = users.add_subparsers(dest="users_command", required=True)
+    add = actions.add_parser("add", help="create an account")
+    add.add_argument("username", help="3-64 characters of a-z 0-9 . _ - (stored lower-cased)")
+    add.add_argument("--role", required=True, help="admin, host, member or archivist")
+    add.add_argument("--name", help='display name, e.g. "Nguyễn Văn An" (default: the username)')
+    add.add_argument("--site", help="code of the account's site")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    actions.add_parser("list", help="show every account")
+    passwd = actions.add_parser("passwd", help="set an account's password")
+    passwd.add_argument("username")
+    passwd.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    disable = actions.add_parser("disable", help="disable an account (it can no longer sign in)")
+    disable.add_argument("username")
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Mật khẩu / Password: ")
+    second = getpass.getpass("Nhập lại / Repeat: ")
+    if first != second:
+        raise BadRequest("the two passwords differ")
+    return first
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+async def _users(args: argparse.Namespace, config: Config, password: str | None) -> str:
+    """Run one `giaoban users` command; returns what to print."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from server import accounts
+    from server.store.db import open_database
+
+    database = await open_database(config)
+    try:
+        async with database.session() as session, session.begin():
+            if args.users_command == "add":
+                assert password is not None
+                account = await accounts.create_account(
+                    session,
+                    args.username,
+                    password,
+                    role=args.role,
+                    display_name=args.name,
+                    site_code=args.site,
+                )
+                return (
+                    f"Đã tạo tài khoản / account created: {account.username} ({account.role.value})"
+                )
+            if args.users_command == "passwd":
+                assert password is not None
+                account = await accounts.set_password(session, args.username, password)
+                return f"Đã đổi mật khẩu / password changed: {account.username}"
+            if args.users_command == "disable":
+                account = await accounts.disable_account(session, args.username)
+                return f"Đã khoá tài khoản / account disabled: {account.username}"
+            rows = [["username", "name", "role", "site", "disabled"]]
+            for account in await accounts.list_accounts(session):
+                rows.append(
+                    [
+                        account.username,
+                        account.display_name,
+                        account.role.value,
+                        account.site.code if account.site is not None else "-",
+                        "yes" if account.disabled else "no",
+                    ]
+                )
+            return _table(rows)
+    except SQLAlchemyError as exc:  # e.g. the database is locked or went away
+        raise StoreError(str(getattr(exc, "orig", None) or exc).splitlines()[0]) from exc
+    finally:
+        await database.close()
+
+
+def _run_users(args: argparse.Namespace, config: Config) -> int:
+    try:
+        password = None
+        if args.users_command in ("add", "passwd"):
+            password = _read_password(args.password_stdin)
+        print(asyncio.run(_users(args, config, password)))
+    except GiaoBanError as exc:
+        print(f"giaoban: {exc.message}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, EOFError):
+        print("giaoban: cancelled / đã huỷ", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _setup_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # aioice/aiortc log every STUN exchange at INFO in some paths; alembic announces its
+    # context on every start. Keep the node's log readable.
+    for noisy in ("aioice", "aiortc", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = Config.from_env(host=args.host, port=args.port)
+        config = Config.from_env(host=getattr(args, "host", None), port=getattr(args, "port", None))
     except ConfigError as exc:
         print(f"giaoban: {exc.message}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # aioice/aiortc log every STUN exchange at INFO in some paths; keep the node's log readable.
-    for noisy in ("aioice", "aiortc"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    _setup_logging(config)
+    if args.command == "users":
+        return _run_users(args, config)
 
-    from server.app import make_app
+    from server.app import SHUTDOWN_TIMEOUT, make_app
     from server.tls import ssl_context
 
-    context = ssl_context(config)
-    app = make_app(config)
-    shown_host = "localhost" if config.host in ("0.0.0.0", "::") else config.host
-    print(f"Giao Ban: {config.scheme}://{shown_host}:{config.port}", flush=True)
-    from server.app import SHUTDOWN_TIMEOUT
-
-    web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
-        ssl_context=context,
-        print=None,
-        access_log=None,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-    )
+    try:
+        context = ssl_context(config)
+        app = make_app(config)
+        shown_host = "localhost" if config.host in ("0.0.0.0", "::") else config.host
+        print(f"Giao Ban: {config.scheme}://{shown_host}:{config.port}", flush=True)
+        web.run_app(
+            app,
+            host=config.host,
+            port=config.port,
+            ssl_context=context,
+            print=None,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+        )
+    except GiaoBanError as exc:  # e.g. the database cannot be opened: one line, no traceback
+        print(f"giaoban: {exc.message}", file=sys.stderr)
+        return 2
     return 0
 
 

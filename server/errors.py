@@ -75,3 +75,26 @@ class Forbidden(GiaoBanError):
     code = "forbidden"
     message_vi = "Không có quyền"
     message_en = "Forbidden"
+
+
+class AlreadyExists(Conflict):
+    """A name that must be unique is taken (a username, a site code); code stays `conflict`."""
+
+    message_vi = "Đã tồn tại"
+    message_en = "Already exists"
+
+
+class LoginFailed(GiaoBanError):
+    """Wrong username or password: the same error for both, so names cannot be probed."""
+
+    code = "login_failed"
+    message_vi = "Sai tên đăng nhập hoặc mật khẩu"
+    message_en = "Wrong username or password"
+
+
+class StoreError(GiaoBanError):
+    """The database cannot be opened, reached or migrated."""
+
+    code = "store"
+    message_vi = "Lỗi cơ sở dữ liệu"
+    message_en = "Database error"
