@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import platform
 import re
+import secrets
 import signal
 import socket
 import statistics
@@ -142,6 +143,8 @@ class Server:
     env: dict[str, str]
     log_path: Path
     port: int
+    # The invitation token helpers join ROOM with (the node admits no one without one).
+    join_token: str | None = None
     process: subprocess.Popen[bytes] | None = None
     _log: Any = None
 
@@ -246,8 +249,51 @@ def local_server(name: str, argv: list[str], workdir: Path) -> Server:
 
 
 def node_server(workdir: Path) -> Server:
-    """The node, `python -m server.cli serve`, on 127.0.0.1 (not started)."""
-    return local_server("node", [sys.executable, "-m", "server.cli", "serve"], workdir)
+    """The node, `python -m server.cli serve`, on 127.0.0.1 (not started), with ROOM scheduled
+    in its store and an invitation token for the helpers."""
+    server = local_server("node", [sys.executable, "-m", "server.cli", "serve"], workdir)
+    server.join_token = asyncio.run(schedule_bench_room(workdir / "data"))
+    return server
+
+
+async def schedule_bench_room(data_dir: Path) -> str:
+    """Schedule ROOM (no lobby) in the node's store under `data_dir`; a member token to it."""
+    from datetime import UTC, datetime, timedelta
+
+    from argon2 import PasswordHasher
+
+    from server.accounts import create_account, find_account
+    from server.config import Config
+    from server.invitations import mint_invitation
+    from server.room_records import create_room, find_room
+    from server.secret_key import load_secret_key
+    from server.store.db import open_database
+
+    config = Config(data_dir=data_dir)
+    database = await open_database(config)
+    try:
+        async with database.session() as db, db.begin():
+            host = await find_account(db, "bench-host")
+            if host is None:
+                cheap = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+                host = await create_account(
+                    db, "bench-host", secrets.token_urlsafe(16), role="host", hasher=cheap
+                )
+            if await find_room(db, ROOM) is None:
+                await create_room(
+                    db,
+                    host,
+                    title="Benchmark",
+                    starts_at=datetime.now(UTC),
+                    duration_minutes=1440,
+                    mode="discussion",
+                    lobby=False,
+                    slug=ROOM,
+                )
+    finally:
+        await database.close()
+    expires = datetime.now(UTC) + timedelta(days=1)
+    return mint_invitation(load_secret_key(config), room=ROOM, role="member", expires_at=expires)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -292,7 +338,12 @@ class Helper:
 
 
 def start_helpers(
-    count: int, base_url: str, video_bitrate: int, workdir: Path, prefix: str
+    count: int,
+    base_url: str,
+    video_bitrate: int,
+    workdir: Path,
+    prefix: str,
+    join_token: str | None = None,
 ) -> list[Helper]:
     """Start `count` helper processes running `client_worker` (logs in workdir)."""
     ctx = mp.get_context("spawn")
@@ -308,6 +359,7 @@ def start_helpers(
                     os.getpid(),
                     video_bitrate,
                     str(workdir / f"{prefix}-helper{index}.log"),
+                    join_token,
                 ),
                 daemon=True,
                 name=f"bench-{prefix}-{index}",
@@ -340,7 +392,9 @@ def publishing(
     helpers: list[Helper] = []
     try:
         server.start()
-        helpers = start_helpers(count, server.url, video_bitrate, workdir, prefix)
+        helpers = start_helpers(
+            count, server.url, video_bitrate, workdir, prefix, server.join_token
+        )
         helpers[0].call({"cmd": "publish"})
         yield helpers
     finally:
@@ -402,14 +456,19 @@ def summary(values: Sequence[float]) -> str:
 
 
 def client_worker(
-    conn: Connection, base_url: str, parent_pid: int, video_bitrate: int, log_path: str
+    conn: Connection,
+    base_url: str,
+    parent_pid: int,
+    video_bitrate: int,
+    log_path: str,
+    join_token: str | None = None,
 ) -> None:
     """Entry point of a helper process: runs Peers on the parent's commands."""
     # Ctrl-C reaches the whole process group: the parent stops its helpers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with open(log_path, "a", buffering=1) as log_file:
         sys.stdout = sys.stderr = log_file
-        asyncio.run(_client_main(conn, base_url, parent_pid, video_bitrate))
+        asyncio.run(_client_main(conn, base_url, parent_pid, video_bitrate, join_token))
 
 
 def _timed_peer_class() -> type:
@@ -459,7 +518,11 @@ async def _published(publisher: Any) -> dict[str, dict[str, int]]:
 
 
 async def _client_main(
-    conn: Connection, base_url: str, parent_pid: int, video_bitrate: int
+    conn: Connection,
+    base_url: str,
+    parent_pid: int,
+    video_bitrate: int,
+    join_token: str | None,
 ) -> None:
     import logging
 
@@ -484,7 +547,7 @@ async def _client_main(
         peer = Peer(base_url, f"sub-{os.getpid()}-{serial}")
         subscribers.append(peer)  # appended first so it is closed even if joining fails
         await peer.connect()
-        await peer.join(ROOM)
+        await peer.join(ROOM, join_token)
         await peer.subscribe(decode=False)
         return peer
 
@@ -517,7 +580,7 @@ async def _client_main(
         try:
             t0 = time.monotonic()
             await peer.connect()
-            await peer.join(ROOM)
+            await peer.join(ROOM, join_token)
             t_subscribe = time.monotonic()
             await peer.subscribe(decode=True)
 
@@ -585,7 +648,7 @@ async def _client_main(
                 if command == "publish":
                     publisher = Peer(base_url, f"publisher-{os.getpid()}")
                     await publisher.connect()
-                    await publisher.join(ROOM)
+                    await publisher.join(ROOM, join_token)
                     result = await publisher.publish([BarcodeVideoTrack(), ToneAudioTrack()])
                     conn.send({"ok": True, "tracks": result.get("tracks", [])})
                 elif command == "add":

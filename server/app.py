@@ -10,10 +10,12 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
 from server.accounts import has_admin
+from server.admission import Gate
 from server.config import Config
 from server.errors import StoreError
 from server.metrics import Metrics
 from server.rooms import Rooms
+from server.secret_key import load_secret_key
 from server.sfu.connections import MediaSettings
 from server.sfu.ice import restrict_host_addresses
 from server.sfu.stats import SfuStats
@@ -34,6 +36,7 @@ METRICS = web.AppKey("metrics", Metrics)
 SIGNALING = web.AppKey("signaling", MeetingNamespace)
 STATS = web.AppKey("stats", SfuStats)
 DATABASE = web.AppKey("database", Database)
+SECRET_KEY = web.AppKey("secret_key", bytes)
 
 FIRST_ADMIN_COMMAND = "giaoban users add admin --role admin"
 
@@ -81,7 +84,10 @@ def make_app(config: Config) -> web.Application:
     )
     # No I/O yet: the lifecycle below connects and migrates.
     database = Database(database_url(config))
-    namespace = MeetingNamespace(rooms, node_metrics, list(config.ice_servers))
+    secret_key = load_secret_key(config)
+    namespace = MeetingNamespace(
+        rooms, node_metrics, list(config.ice_servers), Gate(database, secret_key)
+    )
     rooms.notifier = namespace
     sio.register_namespace(namespace)
     sio.attach(app)
@@ -92,13 +98,18 @@ def make_app(config: Config) -> web.Application:
     app[SIGNALING] = namespace
     app[STATS] = stats
     app[DATABASE] = database
+    app[SECRET_KEY] = secret_key
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
 
+    from server.auth import setup_auth
     from server.pages import setup_pages  # web UI routes, written with the templates
+    from server.room_pages import setup_room_pages
 
     setup_pages(app, config)
+    setup_auth(app)  # sessions, CSRF, /login and /logout
+    setup_room_pages(app)  # /rooms: list, schedule, detail, invitation links
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # Said where operators read: these settings are accepted but not used yet.

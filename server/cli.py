@@ -88,6 +88,7 @@ async def _users(args: argparse.Namespace, config: Config, password: str | None)
     from sqlalchemy.exc import SQLAlchemyError
 
     from server import accounts
+    from server.auth import end_account_sessions
     from server.store.db import open_database
 
     database = await open_database(config)
@@ -109,9 +110,11 @@ async def _users(args: argparse.Namespace, config: Config, password: str | None)
             if args.users_command == "passwd":
                 assert password is not None
                 account = await accounts.set_password(session, args.username, password)
+                await end_account_sessions(session, account.id)  # signed out everywhere
                 return f"Đã đổi mật khẩu / password changed: {account.username}"
             if args.users_command == "disable":
                 account = await accounts.disable_account(session, args.username)
+                await end_account_sessions(session, account.id)
                 return f"Đã khoá tài khoản / account disabled: {account.username}"
             rows = [["username", "name", "role", "site", "disabled"]]
             for account in await accounts.list_accounts(session):

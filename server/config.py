@@ -52,6 +52,11 @@ SETTINGS: dict[str, Setting] = {
         "GIAOBAN_TLS_SELF_SIGNED",
         "1: serve HTTPS with a self-signed certificate made on first start (LAN use)",
     ),
+    "secret_key": Setting(
+        "GIAOBAN_SECRET_KEY",
+        "key that signs invitation links (default: made on first start in DATA_DIR/secret_key; "
+        "every node of a cluster needs the same one)",
+    ),
     "log_level": Setting("GIAOBAN_LOG_LEVEL", "DEBUG, INFO, WARNING (default INFO)"),
 }
 
@@ -88,6 +93,7 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_self_signed: bool = False
+    secret_key: str | None = None
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
 

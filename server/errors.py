@@ -98,3 +98,31 @@ class StoreError(GiaoBanError):
     code = "store"
     message_vi = "Lỗi cơ sở dữ liệu"
     message_en = "Database error"
+
+
+class Unauthenticated(GiaoBanError):
+    """Neither a signed-in session nor an invitation token came with the request."""
+
+    code = "unauthenticated"
+    message_vi = "Cần đăng nhập hoặc dùng đường mời"
+    message_en = "Sign in or use an invitation link"
+
+
+class InvalidToken(GiaoBanError):
+    """An invitation or API token that is forged, expired or for another room."""
+
+    code = "invalid_token"
+    message_vi = "Đường mời không hợp lệ hoặc đã hết hạn"
+    message_en = "The invitation link is invalid or has expired"
+
+
+class RoomEnded(GiaoBanError):
+    code = "room_ended"
+    message_vi = "Cuộc họp đã kết thúc"
+    message_en = "The meeting has ended"
+
+
+class RoomLocked(GiaoBanError):
+    code = "room_locked"
+    message_vi = "Phòng họp đã khóa, không nhận thêm người"
+    message_en = "The room is locked: no one new may join"

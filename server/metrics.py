@@ -77,6 +77,28 @@ class Metrics:
         self.leaves = Counter(
             "giaoban_leaves", "Participants who left a room", registry=self.registry
         )
+        self.logins = Counter(
+            "giaoban_logins", "Sign-in attempts, by result", ["result"], registry=self.registry
+        )
+        for result in ("ok", "failed", "disabled", "throttled"):
+            self.logins.labels(result=result)  # every result shows, from 0
+        self.logouts = Counter("giaoban_logouts", "Sign-outs", registry=self.registry)
+        self.csrf_refusals = Counter(
+            "giaoban_csrf_refusals",
+            "Unsafe requests refused: no or wrong CSRF token, or another origin; by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+
+        self.lobby_waits = Counter(
+            "giaoban_lobby_waits", "Entrants put in a room's lobby", registry=self.registry
+        )
+        self.host_actions = Counter(
+            "giaoban_host_actions",
+            "Host actions carried out, by action",
+            ["action"],
+            registry=self.registry,
+        )
 
     def signaling_error(self, code: str, event: str) -> None:
         known = event if event in _EVENTS else "other"
@@ -86,4 +108,17 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-_EVENTS = {"join", "publish", "unpublish", "subscribe", "down_answer", "ice", "mute", "leave"}
+_EVENTS = {
+    "join",
+    "publish",
+    "unpublish",
+    "subscribe",
+    "down_answer",
+    "ice",
+    "mute",
+    "leave",
+    "admit",
+    "deny",
+    "lock",
+    "end",
+}

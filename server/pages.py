@@ -16,6 +16,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,8 @@ def _render(
     **context: Any,
 ) -> web.Response:
     """Render ``template`` in the request's language, with the headers every page carries."""
+    from server.auth import csrf_token, current_account  # here: server.auth imports this module
+
     lang, chosen = request_lang(request)
     other = next(code for code in LANGUAGES if code != lang)
     strings: Strings = request.app[STRINGS_KEY]
@@ -129,6 +132,8 @@ def _render(
         _=_translator(strings, lang),
         lang_switch_url=str(request.rel_url.update_query(lang=other)),
         public_url=config.public_url,
+        account=current_account(request),
+        csrf_token=csrf_token(request),
     )
     response = aiohttp_jinja2.render_template(template, request, context, status=status)
     if chosen:
@@ -155,16 +160,53 @@ async def index_page(request: web.Request) -> web.Response:
 
 
 async def meeting_page(request: web.Request) -> web.Response:
-    """``GET /r/{room}``: the pre-join check and the meeting, in one page."""
+    """``GET /r/{room}``: the pre-join check and the meeting, in one page.
+
+    Opened by a signed-in account, or by anyone with an invitation link (``?token=``); the
+    node checks both again at ``join``: this page only turns people away early and clearly."""
+    from server.app import DATABASE, SECRET_KEY  # the composition root imports this module
+    from server.auth import current_account
+    from server.errors import InvalidToken
+    from server.invitations import verify_invitation
+    from server.room_records import find_room, room_state
+
     room = request.match_info["room"]
     if not room_name_valid(room):
         return _render(request, "error.html", "error", status=400, error="room_invalid", room=room)
+    token = request.query.get("token", "").strip() or None
+    account = current_account(request)
+    invitation = None
+    if token is not None:
+        try:
+            invitation = verify_invitation(request.app[SECRET_KEY], token, room=room)
+        except InvalidToken as exc:
+            log.info("meeting page room=%s: invitation refused: %s", room, exc.detail)
+            expired = "expired" in exc.detail
+            error = "token_expired" if expired else "token_invalid"
+            return _render(request, "error.html", "error", status=403, error=error)
+    elif account is None:
+        raise web.HTTPFound(f"/login?next=/r/{room}")
+    async with request.app[DATABASE].session() as db:
+        record = await find_room(db, room)
+    if record is None:
+        return _render(request, "error.html", "error", status=404, error="room_not_found")
+    if room_state(record, datetime.now(UTC)) == "ended":
+        return _render(request, "error.html", "error", status=410, error="room_over")
+    name = request.query.get("name", "").strip()[:NAME_MAX_CHARS]
+    if not name:
+        name = (
+            account.display_name
+            if account is not None
+            else (invitation.name if invitation is not None and invitation.name else "")
+        )[:NAME_MAX_CHARS]
     return _render(
         request,
         "meeting.html",
         "meeting",
         room=room,
-        name=request.query.get("name", "").strip()[:NAME_MAX_CHARS],
+        title=record.title,
+        token=token,
+        name=name,
     )
 
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from server.errors import BadRequest, NotFound
 from server.sfu.connections import DownConnection, MediaSettings, UpConnection
 from server.sfu.speaker import ActiveSpeakerDetector
 from server.sfu.stats import SfuStats
 from server.sfu.up_track import UpTrack
+
+if TYPE_CHECKING:
+    from server.admission import Entrant
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,9 @@ class Notifier(Protocol):
     ) -> Awaitable[None]: ...
 
 
+HOST_ROLES = ("host", "cohost")
+
+
 @dataclass
 class Participant:
     """One person (or one site's hall) in a room, with their peer connections."""
@@ -42,6 +49,10 @@ class Participant:
     id: str
     name: str
     room: Room
+    role: str = "member"
+    entrant: Entrant | None = None
+    # Given on entry: a rejoin that shows it (after a dropped link) skips the lobby and the lock.
+    ticket: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     joined_at: float = field(default_factory=time.time)
     up: dict[str, UpConnection] = field(default_factory=dict)
     down: DownConnection | None = None
@@ -57,18 +68,61 @@ class Participant:
                 return track
         raise NotFound(f"track {track_id}")
 
+    @property
+    def is_host(self) -> bool:
+        return self.role in HOST_ROLES
+
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "tracks": [t.describe() for t in self.tracks]}
+        entrant = self.entrant
+        return {
+            "id": self.id,
+            "name": self.name,
+            "role": self.role,
+            "site": entrant.site_name or entrant.site_code if entrant else None,
+            "tracks": [t.describe() for t in self.tracks],
+        }
+
+
+@dataclass
+class LobbyEntry:
+    """Someone waiting for a host to let them in."""
+
+    id: str
+    name: str
+    entrant: Entrant
+    since: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, Any]:
+        entrant = self.entrant
+        return {
+            "id": self.id,
+            "name": self.name,
+            "site": entrant.site_name or entrant.site_code,
+            "role": entrant.role,
+            "since": self.since,
+        }
 
 
 class Room:
     """A meeting on this node. Every method is called with the participant's lock held."""
 
     def __init__(
-        self, name: str, settings: MediaSettings, stats: SfuStats, notifier: Notifier
+        self,
+        name: str,
+        settings: MediaSettings,
+        stats: SfuStats,
+        notifier: Notifier,
+        title: str = "",
+        mode: str = "discussion",
     ) -> None:
         self.name = name
+        self.title = title or name
+        self.mode = mode
+        self.locked = False
         self.participants: dict[str, Participant] = {}
+        self.lobby: dict[str, LobbyEntry] = {}
+        # ticket -> the entrant it was given to; kept while the room is live on this node.
+        self._tickets: dict[str, Entrant] = {}
         self._settings = settings
         self._stats = stats
         self._notifier = notifier
@@ -77,10 +131,20 @@ class Room:
 
     # -- membership -------------------------------------------------------------------------
 
-    async def join(self, name: str) -> Participant:
-        participant = Participant(f"p-{uuid.uuid4().hex[:12]}", name, self)
+    async def join(self, name: str, entrant: Entrant | None = None) -> Participant:
+        role = entrant.role if entrant is not None else "member"
+        participant = Participant(f"p-{uuid.uuid4().hex[:12]}", name, self, role, entrant)
         self.participants[participant.id] = participant
-        log.info("join room=%s participant=%s name=%r", self.name, participant.id, name)
+        if entrant is not None:
+            self._tickets[participant.ticket] = entrant
+        log.info(
+            "join room=%s participant=%s role=%s account=%s name=%r",
+            self.name,
+            participant.id,
+            role,
+            entrant.account_id if entrant else None,
+            name,
+        )
         if self._speaker_task is None:
             self._speaker_task = asyncio.ensure_future(self._watch_speakers())
         await self._notifier.to_room(
@@ -114,7 +178,65 @@ class Room:
 
     @property
     def empty(self) -> bool:
-        return not self.participants
+        return not self.participants and not self.lobby
+
+    def holds_ticket(self, ticket: str | None, entrant: Entrant) -> bool:
+        """Whether `ticket` was given in this room to this same entrant (a rejoin)."""
+        given = self._tickets.get(ticket) if ticket else None
+        return given is not None and (given.account_id, given.token_id) == (
+            entrant.account_id,
+            entrant.token_id,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {"room": self.name, "title": self.title, "mode": self.mode, "locked": self.locked}
+
+    # -- lobby --------------------------------------------------------------------------------
+
+    @property
+    def hosts(self) -> list[Participant]:
+        return [p for p in self.participants.values() if p.is_host]
+
+    async def wait_in_lobby(self, name: str, entrant: Entrant) -> LobbyEntry:
+        entry = LobbyEntry(f"l-{uuid.uuid4().hex[:12]}", name, entrant)
+        self.lobby[entry.id] = entry
+        log.info(
+            "lobby wait room=%s entry=%s role=%s account=%s name=%r",
+            self.name,
+            entry.id,
+            entrant.role,
+            entrant.account_id,
+            name,
+        )
+        await self.lobby_changed()
+        return entry
+
+    def take_from_lobby(self, entry_id: str) -> LobbyEntry:
+        entry = self.lobby.pop(entry_id, None)
+        if entry is None:
+            raise NotFound(f"no one waiting as {entry_id!r}")
+        return entry
+
+    async def leave_lobby(self, entry: LobbyEntry) -> None:
+        if self.lobby.pop(entry.id, None) is not None:
+            log.info("lobby left room=%s entry=%s", self.name, entry.id)
+            await self.lobby_changed()
+
+    def lobby_list(self) -> list[dict[str, Any]]:
+        return [e.describe() for e in sorted(self.lobby.values(), key=lambda e: e.since)]
+
+    async def lobby_changed(self) -> None:
+        """Tell every host who is waiting now."""
+        payload = {"waiting": self.lobby_list()}
+        for host in self.hosts:
+            await self._notifier.to_participant(host.id, "lobby_updated", payload)
+
+    async def set_locked(self, by: Participant, locked: bool) -> None:
+        if self.locked == locked:
+            return
+        self.locked = locked
+        log.info("lock room=%s participant=%s locked=%s", self.name, by.id, locked)
+        await self._notifier.to_room(self.name, "room_updated", self.describe())
 
     # -- media ------------------------------------------------------------------------------
 

@@ -20,11 +20,11 @@ class Rooms:
         self.by_name: dict[str, Room] = {}
         self.notifier: Notifier | None = None
 
-    def get_or_create(self, name: str) -> Room:
+    def get_or_create(self, name: str, title: str = "", mode: str = "discussion") -> Room:
         room = self.by_name.get(name)
         if room is None:
             assert self.notifier is not None, "Rooms.notifier is wired by the app"
-            room = Room(name, self.settings, self.stats, self.notifier)
+            room = Room(name, self.settings, self.stats, self.notifier, title, mode)
             self.by_name[name] = room
             log.info("room opened room=%s", name)
         return room

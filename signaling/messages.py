@@ -130,3 +130,26 @@ def flag(data: dict[str, Any], key: str) -> bool:
     if not isinstance(value, bool):
         raise BadRequest(f"'{key}' must be true or false")
     return value
+
+
+MAX_TOKEN = 4096
+ENTRY_ID = re.compile(r"^l-[0-9a-f]{12}$")
+
+
+def optional_text(data: dict[str, Any], key: str, max_len: int) -> str | None:
+    """A string that may be absent (or null); when present it must be non-empty and short."""
+    if data.get(key) is None:
+        return None
+    return text(data, key, max_len)
+
+
+def token(data: dict[str, Any]) -> str | None:
+    return optional_text(data, "token", MAX_TOKEN)
+
+
+def ticket(data: dict[str, Any]) -> str | None:
+    return optional_text(data, "ticket", 64)
+
+
+def entry_id(data: dict[str, Any]) -> str:
+    return text(data, "entry_id", 16, ENTRY_ID)

@@ -10,20 +10,25 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 import socketio
 
+from server.admission import Entrant, Gate
+from server.auth import SESSION_COOKIE
 from server.errors import (
     AlreadyJoined,
     BadRequest,
+    Forbidden,
     GiaoBanError,
     NotFound,
     NotJoined,
+    RoomLocked,
     UnknownEvent,
 )
 from server.metrics import Metrics
-from server.room import Participant
+from server.room import LobbyEntry, Participant, Room
 from server.rooms import Rooms
 from signaling import messages
 
@@ -37,18 +42,41 @@ class Session:
     """What the node knows about one socket."""
 
     sid: str
+    # The browser's sign-in session (from the handshake's cookie); checked at every join.
+    session_token: str | None = None
     participant: Participant | None = None
+    # While waiting in a room's lobby (then `participant` is None).
+    waiting: LobbyEntry | None = None
+    waiting_room: Room | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def session_token_of(environ: dict[str, Any]) -> str | None:
+    """The sign-in session token in the handshake's Cookie header, if any."""
+    header = environ.get("HTTP_COOKIE", "")
+    if not header:
+        return None
+    try:
+        cookies = SimpleCookie(header)
+    except CookieError:
+        return None
+    morsel = cookies.get(SESSION_COOKIE)
+    return morsel.value if morsel is not None and morsel.value else None
 
 
 class MeetingNamespace(socketio.AsyncNamespace):
     """Signaling for meetings; one instance per node."""
 
-    def __init__(self, rooms: Rooms, metrics: Metrics, ice_servers: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, rooms: Rooms, metrics: Metrics, ice_servers: list[dict[str, Any]], gate: Gate
+    ) -> None:
         super().__init__(NAMESPACE)
         self.rooms = rooms
+        self.gate = gate
         self.sessions: dict[str, Session] = {}
         self.participant_sids: dict[str, str] = {}
+        self.waiting_sids: dict[str, str] = {}
+        self._background: set[asyncio.Task[Any]] = set()
         self._metrics = metrics
         self._ice_servers = ice_servers
         self._handlers: dict[
@@ -62,6 +90,10 @@ class MeetingNamespace(socketio.AsyncNamespace):
             "ice": self._ice,
             "mute": self._mute,
             "leave": self._leave,
+            "admit": self._admit,
+            "deny": self._deny,
+            "lock": self._lock,
+            "end": self._end,
         }
 
     # -- Notifier for rooms -------------------------------------------------------------------
@@ -83,7 +115,8 @@ class MeetingNamespace(socketio.AsyncNamespace):
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         if event == "connect":
-            self.sessions[args[0]] = Session(args[0])
+            environ = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
+            self.sessions[args[0]] = Session(args[0], session_token_of(environ))
             return True
         if event == "disconnect":
             await self._disconnected(args[0])
@@ -134,21 +167,65 @@ class MeetingNamespace(socketio.AsyncNamespace):
     async def _join(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
         if session.participant is not None and not session.participant.left:
             raise AlreadyJoined(session.participant.room.name)
+        if session.waiting is not None:
+            raise AlreadyJoined("waiting in the lobby")
         room_name = messages.room_name(data)
         name = messages.display_name(data)
-        room = self.rooms.get_or_create(room_name)
+        invitation = messages.token(data)
+        ticket = messages.ticket(data)
+        entrant = await self.gate.check(
+            room_name, session_token=session.session_token, invitation=invitation
+        )
+        room = self.rooms.get_or_create(room_name, entrant.title, entrant.mode)
+        try:
+            if room.holds_ticket(ticket, entrant):
+                return await self._enter(session, room, name, entrant)
+            if room.locked and not entrant.is_host:
+                raise RoomLocked(room_name)
+            if not entrant.lobby:
+                return await self._enter(session, room, name, entrant)
+            entry = await room.wait_in_lobby(name, entrant)
+        finally:
+            # A refused entrant must not leave an empty room behind.
+            if session.participant is None and session.waiting is None:
+                await self._discard_if_unused(room)
+        session.waiting, session.waiting_room = entry, room
+        self.waiting_sids[entry.id] = session.sid
+        self._metrics.lobby_waits.inc()
+        return {"lobby": True, "entry_id": entry.id, **room.describe(), "role": entrant.role}
+
+    async def _discard_if_unused(self, room: Room) -> None:
+        if room.empty:
+            await self.rooms.discard_if_empty(room)
+
+    async def _enter(
+        self, session: Session, room: Room, name: str, entrant: Entrant
+    ) -> dict[str, Any]:
+        """Put the session's person into the room; the join result (ack or `admitted`)."""
+        first = not room.participants
         others = [p.describe() for p in room.participants.values()]
-        participant = await room.join(name)
+        participant = await room.join(name, entrant)
         session.participant = participant
         self.participant_sids[participant.id] = session.sid
-        await self.enter_room(session.sid, room_name)
+        await self.enter_room(session.sid, room.name)
         self._metrics.joins.inc()
-        return {
+        if first:
+            try:
+                await self.gate.started(room.name)
+            except Exception:
+                log.exception("room=%s: could not record the meeting start", room.name)
+        result = {
             "participant_id": participant.id,
-            "room": room_name,
+            "room": room.name,
             "participants": others,
             "ice_servers": self._ice_servers,
+            "role": participant.role,
+            "ticket": participant.ticket,
+            **room.describe(),
         }
+        if participant.is_host:
+            result["waiting"] = room.lobby_list()
+        return result
 
     async def _publish(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
         participant = self._joined(session)
@@ -201,11 +278,16 @@ class MeetingNamespace(socketio.AsyncNamespace):
         return {"track": track.describe()}
 
     async def _leave(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        if session.waiting is not None:
+            await self._leave_lobby(session)
+            return {}
         self._joined(session)
         await self._leave_room(session)
         return {}
 
     async def _leave_room(self, session: Session) -> None:
+        if session.waiting is not None:
+            await self._leave_lobby(session)
         participant = session.participant
         if participant is None:
             return
@@ -216,3 +298,95 @@ class MeetingNamespace(socketio.AsyncNamespace):
         self.participant_sids.pop(participant.id, None)
         self._metrics.leaves.inc()
         await self.rooms.discard_if_empty(room)
+
+    async def _leave_lobby(self, session: Session) -> None:
+        entry, room = session.waiting, session.waiting_room
+        session.waiting = session.waiting_room = None
+        if entry is None or room is None:
+            return
+        self.waiting_sids.pop(entry.id, None)
+        await room.leave_lobby(entry)
+        await self.rooms.discard_if_empty(room)
+
+    # -- host actions -------------------------------------------------------------------------
+
+    def _host(self, session: Session) -> Participant:
+        if session.waiting is not None:
+            raise Forbidden("waiting in the lobby: only a host may do this")
+        participant = self._joined(session)
+        if not participant.is_host:
+            raise Forbidden("only a host may do this")
+        return participant
+
+    async def _admit(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(session)
+        entry = host.room.take_from_lobby(messages.entry_id(data))
+        sid = self.waiting_sids.pop(entry.id, None)
+        waiting = self.sessions.get(sid) if sid is not None else None
+        if waiting is None or waiting.waiting is not entry:
+            await host.room.lobby_changed()
+            raise NotFound(f"{entry.id} is no longer waiting")
+        waiting.waiting = waiting.waiting_room = None
+        # The admitted socket's own lock: a concurrent `leave` of theirs waits for this.
+        async with waiting.lock:
+            result = await self._enter(waiting, host.room, entry.name, entry.entrant)
+        log.info(
+            "admit room=%s entry=%s participant=%s by=%s",
+            host.room.name,
+            entry.id,
+            result["participant_id"],
+            host.id,
+        )
+        self._metrics.host_actions.labels(action="admit").inc()
+        await self.emit("admitted", result, to=waiting.sid)
+        await host.room.lobby_changed()
+        return {"participant_id": result["participant_id"]}
+
+    async def _deny(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(session)
+        entry = host.room.take_from_lobby(messages.entry_id(data))
+        sid = self.waiting_sids.pop(entry.id, None)
+        waiting = self.sessions.get(sid) if sid is not None else None
+        if waiting is not None and waiting.waiting is entry:
+            waiting.waiting = waiting.waiting_room = None
+            await self.emit("denied", {"room": host.room.name}, to=waiting.sid)
+        log.info("deny room=%s entry=%s by=%s", host.room.name, entry.id, host.id)
+        self._metrics.host_actions.labels(action="deny").inc()
+        await host.room.lobby_changed()
+        return {}
+
+    async def _end(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(session)
+        room = host.room.name
+        await self.gate.end(room)
+        self._metrics.host_actions.labels(action="end").inc()
+        # Not under this session's lock: ending makes every session (this one too) leave.
+        task = asyncio.ensure_future(self.end_meeting(room, f"participant {host.id}"))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return {}
+
+    async def end_meeting(self, room_name: str, by: str) -> int:
+        """Close the live room: everyone in it and in its lobby gets `meeting_ended` and is
+        taken out. The store must already say the room ended. Returns how many were in it."""
+        room = self.rooms.by_name.get(room_name)
+        if room is None:
+            return 0
+        sids = [self.participant_sids.get(p.id) for p in list(room.participants.values())]
+        sids += [self.waiting_sids.get(entry_id) for entry_id in list(room.lobby)]
+        log.info("meeting ended room=%s by=%s people=%d", room_name, by, len(sids))
+        for sid in sids:
+            session = self.sessions.get(sid) if sid is not None else None
+            if session is None:
+                continue
+            await self.emit("meeting_ended", {"room": room_name}, to=sid)
+            async with session.lock:
+                await self._leave_room(session)
+        return len(sids)
+
+    async def _lock(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(session)
+        locked = messages.flag(data, "locked")
+        await host.room.set_locked(host, locked)
+        self._metrics.host_actions.labels(action="lock" if locked else "unlock").inc()
+        return host.room.describe()

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from argon2 import PasswordHasher
 
-from server.app import SHUTDOWN_TIMEOUT, STATS, make_app
+from server.accounts import create_account, find_account
+from server.app import DATABASE, SECRET_KEY, SHUTDOWN_TIMEOUT, STATS, make_app
 from server.config import Config
+from server.errors import NotFound
+from server.invitations import mint_invitation
+from server.room_records import create_room, get_room
 from server.sfu.ice import restrict_host_addresses
 from server.sfu.stats import SfuStats
 from tests.support.peer import Peer
@@ -23,6 +29,10 @@ restrict_host_addresses(["127.0.0.1"])
 for noisy in ("aioice", "aiortc", "aiohttp.access", "engineio", "socketio"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
+# Cheap Argon2 parameters for accounts the tests make (the real ones cost 64 MiB each).
+FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+TEST_PASSWORD = "mật-khẩu-thử-nghiệm"
+
 
 @dataclass
 class Node:
@@ -31,6 +41,7 @@ class Node:
     config: Config
     app: web.Application
     server: TestServer
+    rooms_made: set[str] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -46,6 +57,55 @@ class Node:
         server = TestServer(app, host="127.0.0.1", port=port)
         await server.start_server(shutdown_timeout=SHUTDOWN_TIMEOUT)
         return cls(config, app, server)
+
+    async def account(self, username: str, role: str = "member", *, site: str | None = None) -> int:
+        """The id of account `username` (password TEST_PASSWORD), made on first use."""
+        async with self.app[DATABASE].session() as db, db.begin():
+            found = await find_account(db, username)
+            if found is not None:
+                return found.id
+            made = await create_account(
+                db, username, TEST_PASSWORD, role=role, site_code=site, hasher=FAST_HASHER
+            )
+            return made.id
+
+    async def schedule(
+        self, room: str, *, lobby: bool = False, mode: str = "discussion", host: str = "chu-tri"
+    ) -> None:
+        """Schedule `room` (starting now, hosted by account `host`) unless it exists."""
+        if room in self.rooms_made:
+            return
+        await self.account(host, "host")
+        async with self.app[DATABASE].session() as db, db.begin():
+            try:
+                await get_room(db, room)
+            except NotFound:
+                creator = await find_account(db, host)
+                assert creator is not None
+                await create_room(
+                    db,
+                    creator,
+                    title=f"Phòng {room}",
+                    starts_at=datetime.now(UTC),
+                    duration_minutes=60,
+                    mode=mode,
+                    lobby=lobby,
+                    slug=room,
+                )
+        self.rooms_made.add(room)
+
+    async def invite(self, room: str, role: str = "member", **schedule: object) -> str:
+        """An invitation token to `room` with `role`, scheduling the room first if needed."""
+        await self.schedule(room, **schedule)  # type: ignore[arg-type]
+        return mint_invitation(
+            self.app[SECRET_KEY],
+            room=room,
+            role=role,
+            expires_at=datetime.now(UTC) + timedelta(hours=2),
+        )
+
+    def invitation_url(self, room: str, token: str) -> str:
+        return f"{self.url}/r/{room}?token={token}"
 
     async def restart(self) -> None:
         """Stop the node (every connection drops) and start a fresh one on the same port."""
@@ -71,7 +131,7 @@ async def peers(node: Node) -> AsyncIterator[Callable[[str], Peer]]:
     made: list[Peer] = []
 
     async def make(name: str) -> Peer:
-        peer = Peer(node.url, name)
+        peer = Peer(node.url, name, invite=node.invite)
         made.append(peer)
         await peer.connect()
         return peer

@@ -118,3 +118,103 @@ class Account(Base):
 
     def __repr__(self) -> str:  # never the hash
         return f"Account(id={self.id!r}, username={self.username!r}, role={self.role!r})"
+
+
+class LoginSession(Base):
+    """A signed-in browser. The cookie holds a random token; only its SHA-256 is stored, so a
+    copy of the database opens no session."""
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the token
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    user_agent: Mapped[str] = mapped_column(String(200), default="")
+    address: Mapped[str] = mapped_column(String(64), default="")
+
+    account: Mapped[Account] = relationship(lazy="raise")
+
+
+class RoomMode(enum.StrEnum):
+    """Who may speak: everyone (discussion), whom the chair lets (conference), only the floor
+    holder (training)."""
+
+    DISCUSSION = "discussion"
+    CONFERENCE = "conference"
+    TRAINING = "training"
+
+
+class InviteRole(enum.StrEnum):
+    HOST = "host"
+    MEMBER = "member"
+
+
+class RoomRecord(Base):
+    """A room as scheduled and kept in the store; `server.room.Room` is its live state on a node.
+
+    `slug` is the room's name in links and signaling. State: ended when `ended_at` is set, live
+    when `started_at` is set, otherwise upcoming."""
+
+    __tablename__ = "rooms"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    title: Mapped[str] = mapped_column(String(200))
+    mode: Mapped[RoomMode] = mapped_column(_enum(RoomMode, "room_mode"))
+    lobby: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    duration_minutes: Mapped[int] = mapped_column(default=60)
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    created_by: Mapped[Account] = relationship(lazy="raise")
+    invites: Mapped[list[RoomInvite]] = relationship(
+        lazy="raise", cascade="all, delete-orphan", back_populates="room"
+    )
+
+    def __repr__(self) -> str:
+        return f"RoomRecord(id={self.id!r}, slug={self.slug!r})"
+
+
+class RoomInvite(Base):
+    """One invited site (its accounts, and those of the sites under it) or one invited account."""
+
+    __tablename__ = "room_invites"
+    __table_args__ = (
+        CheckConstraint("(site_id IS NULL) <> (account_id IS NULL)", name="site_or_account"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    room_id: Mapped[int] = mapped_column(ForeignKey("rooms.id", ondelete="CASCADE"), index=True)
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    role: Mapped[InviteRole] = mapped_column(_enum(InviteRole, "invite_role"))
+
+    room: Mapped[RoomRecord] = relationship(lazy="raise", back_populates="invites")
+    site: Mapped[Site | None] = relationship(lazy="raise")
+    account: Mapped[Account | None] = relationship(lazy="raise")
+
+
+class RoomRemoval(Base):
+    """Someone a host removed: that account, or that invitation token, cannot rejoin the room."""
+
+    __tablename__ = "room_removals"
+    __table_args__ = (
+        CheckConstraint(
+            "(account_id IS NOT NULL) OR (token_id IS NOT NULL)", name="account_or_token"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    room_id: Mapped[int] = mapped_column(ForeignKey("rooms.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    token_id: Mapped[str | None] = mapped_column(String(64))
+    display_name: Mapped[str] = mapped_column(String(200))
+    removed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -16,8 +16,8 @@ from tests.support.loss import packet_loss
 async def test_three_percent_loss_both_ways_keeps_the_frame_rate(node, new_page):
     publisher, subscriber = await new_page(), await new_page()
     with packet_loss(0.03) as loss:
-        publisher_id = await join_via_ui(publisher, node.url, "lossy", "UBND xã C")
-        await join_via_ui(subscriber, node.url, "lossy", "UBND tỉnh")
+        publisher_id = await join_via_ui(publisher, node, "lossy", "UBND xã C")
+        await join_via_ui(subscriber, node, "lossy", "UBND tỉnh")
         await wait_for_remote_video(subscriber, publisher_id, timeout=8.0)
         # Let the first seconds' ramp-up pass so the window measures the steady state.
         await received_video(subscriber, publisher_id, 2.0)

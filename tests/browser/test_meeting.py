@@ -10,8 +10,8 @@ from tests.support.browser import join_via_ui, received_video, wait_for_remote_v
 
 async def test_two_pages_see_each_other_and_a_leave_shows(node, new_page):
     first, second = await new_page(), await new_page()
-    first_id = await join_via_ui(first, node.url, "giao-ban-tinh", "UBND tỉnh")
-    second_id = await join_via_ui(second, node.url, "giao-ban-tinh", "UBND xã A")
+    first_id = await join_via_ui(first, node, "giao-ban-tinh", "UBND tỉnh")
+    second_id = await join_via_ui(second, node, "giao-ban-tinh", "UBND xã A")
 
     await wait_for_remote_video(first, second_id)
     await wait_for_remote_video(second, first_id)
@@ -44,8 +44,8 @@ async def test_two_pages_see_each_other_and_a_leave_shows(node, new_page):
 
 async def test_muting_the_microphone_shows_and_stops_forwarding(node, new_page):
     first, second = await new_page(), await new_page()
-    first_id = await join_via_ui(first, node.url, "mute-ui", "Sở Nội vụ")
-    await join_via_ui(second, node.url, "mute-ui", "UBND xã B")
+    first_id = await join_via_ui(first, node, "mute-ui", "Sở Nội vụ")
+    await join_via_ui(second, node, "mute-ui", "UBND xã B")
     await wait_for_remote_video(second, first_id)
 
     await first.click("#toggle-mic")
@@ -65,8 +65,8 @@ async def test_muting_the_microphone_shows_and_stops_forwarding(node, new_page):
 
 async def test_pages_rejoin_by_themselves_after_the_node_restarts(node, new_page):
     first, second = await new_page(), await new_page()
-    await join_via_ui(first, node.url, "restart", "UBND tỉnh")
-    second_id = await join_via_ui(second, node.url, "restart", "UBND xã D")
+    await join_via_ui(first, node, "restart", "UBND tỉnh")
+    second_id = await join_via_ui(second, node, "restart", "UBND xã D")
     await wait_for_remote_video(first, second_id)
 
     await node.restart()  # every socket and peer connection drops at once
@@ -92,8 +92,8 @@ async def test_pages_rejoin_by_themselves_after_the_node_restarts(node, new_page
 async def test_a_name_with_markup_is_shown_as_text(node, new_page):
     hostile = '<img src=x onerror="window.__pwned=1">UBND xã E'
     watcher, other = await new_page(), await new_page()
-    await join_via_ui(watcher, node.url, "names", "UBND tỉnh")
-    other_id = await join_via_ui(other, node.url, "names", hostile)
+    await join_via_ui(watcher, node, "names", "UBND tỉnh")
+    other_id = await join_via_ui(other, node, "names", hostile)
     entry = f'#participants li[data-participant-id="{other_id}"]'
     await watcher.wait_for_selector(entry, timeout=5_000)
     assert hostile in await watcher.inner_text(entry)

@@ -66,7 +66,15 @@ async def test_bad_messages_get_error_acks_and_nothing_breaks(node, peers, meeti
         == "bad_request"
     )
 
-    join = await attacker.request("join", {"room": "safe", "name": "attacker"})
+    assert (
+        error_code(await attacker.request("join", {"room": "safe", "name": "attacker"}))
+        == "unauthenticated"
+    )
+    token = await node.invite("safe")
+    for bad_token in (17, "", "x" * 5000):
+        ack = await attacker.request("join", {"room": "safe", "name": "a", "token": bad_token})
+        assert error_code(ack) == "bad_request"
+    join = await attacker.request("join", {"room": "safe", "name": "attacker", "token": token})
     assert "ok" in join
     assert (
         error_code(await attacker.request("join", {"room": "other", "name": "again"}))

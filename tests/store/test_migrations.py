@@ -80,8 +80,16 @@ async def test_migrations_apply_to_an_empty_database(db_config: Config) -> None:
             assert await conn.run_sync(_tables) == set()
         await database.migrate()
         async with database.engine.connect() as conn:
-            assert await conn.run_sync(_tables) == {"alembic_version", "sites", "accounts"}
-            assert await conn.run_sync(_revision) == HEAD == "0001"
+            assert await conn.run_sync(_tables) == {
+                "alembic_version",
+                "sites",
+                "accounts",
+                "login_sessions",
+                "rooms",
+                "room_invites",
+                "room_removals",
+            }
+            assert await conn.run_sync(_revision) == HEAD == "0002"
     finally:
         await database.close()
 

@@ -7,13 +7,11 @@ from typing import Any
 from playwright.async_api import Page
 
 
-async def join_via_ui(page: Page, node_url: str, room: str, name: str) -> str:
-    """Start page → pre-join check → meeting; returns the page's participant id."""
-    await page.goto(f"{node_url}/", wait_until="domcontentloaded")
-    await page.fill("#room", room)
-    await page.fill("#name", name)
-    await page.click("#go")
-    await page.wait_for_url(f"**/r/{room}*", wait_until="domcontentloaded")
+async def join_via_ui(page: Page, node: Any, room: str, name: str, role: str = "member") -> str:
+    """Invitation link → pre-join check → meeting; returns the page's participant id."""
+    token = await node.invite(room, role)
+    await page.goto(node.invitation_url(room, token), wait_until="domcontentloaded")
+    await page.fill("#display-name", name)
     # The camera preview plays before joining: the pre-join check works.
     await page.wait_for_function(
         "() => { const v = document.querySelector('#preview'); return v && v.videoWidth > 0; }",

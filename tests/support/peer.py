@@ -137,10 +137,21 @@ def _default_source(kind: str) -> str:
 class Peer:
     """One participant: a Socket.IO connection, up peer connections and one down connection."""
 
-    def __init__(self, base_url: str, name: str, *, request_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        name: str,
+        *,
+        request_timeout: float = 10.0,
+        invite: Callable[[str], Awaitable[str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         restrict_host_addresses(LOOPBACK)
         self.base_url = base_url.rstrip("/")
         self.name = name
+        # Makes the invitation token `join` sends when none is given.
+        self.invite = invite
+        self.headers = headers or {}  # for the handshake (a sign-in session cookie)
         self.request_timeout = request_timeout
         self.sio = socketio.AsyncClient(reconnection=False)
         self.participant_id: str | None = None
@@ -183,6 +194,7 @@ class Peer:
             self.base_url,
             namespaces=[NAMESPACE],
             transports=["websocket"],
+            headers=self.headers,
             wait_timeout=timeout,
         )
         self.connected = True
@@ -216,12 +228,39 @@ class Peer:
             raise AssertionError(f"{event}: ack has neither ok nor error: {ack!r}")
         return ack["ok"]
 
-    async def join(self, room: str) -> dict[str, Any]:
-        result = await self._ok("join", {"room": room, "name": self.name})
+    async def join(self, room: str, token: str | None = None) -> dict[str, Any]:
+        """Join `room` with `token` (or one from `invite`); the ok result (maybe a lobby wait)."""
+        if token is None and self.invite is not None:
+            token = await self.invite(room)
+        payload: dict[str, Any] = {"room": room, "name": self.name}
+        if token is not None:
+            payload["token"] = token
+        result = await self._ok("join", payload)
+        self.join_result = result
+        if result.get("lobby"):
+            return result
+        self._entered(result, room)
+        return result
+
+    def _entered(self, result: dict[str, Any], room: str) -> None:
         self.participant_id = result["participant_id"]
         self.room = result.get("room", room)
         self.join_result = result
+
+    async def wait_admitted(self, timeout: float = 5.0) -> dict[str, Any]:
+        """After a lobby wait: the `admitted` result, once a host lets this peer in."""
+        await self.wait_for(lambda: self.last_event("admitted") is not None, timeout, "admitted")
+        result = self.last_event("admitted")
+        assert isinstance(result, dict)
+        self._entered(result, result["room"])
         return result
+
+    def last_event(self, name: str) -> Any:
+        """The payload of the newest `name` event received, or None."""
+        for event, payload in reversed(self.events):
+            if event == name:
+                return payload
+        return None
 
     async def mute(self, track_id: str, muted: bool) -> dict[str, Any]:
         return await self._ok("mute", {"track_id": track_id, "muted": muted})

@@ -29,6 +29,7 @@ FULL_ENV = {
     "GIAOBAN_TLS_CERT": "/etc/giaoban/cert.pem",
     "GIAOBAN_TLS_KEY": "/etc/giaoban/key.pem",
     "GIAOBAN_TLS_SELF_SIGNED": "1",
+    "GIAOBAN_SECRET_KEY": "k" * 40,
     "GIAOBAN_LOG_LEVEL": "DEBUG",
 }
 
@@ -68,6 +69,7 @@ def test_every_setting_is_parsed() -> None:
     assert config.tls_cert == Path("/etc/giaoban/cert.pem")
     assert config.tls_key == Path("/etc/giaoban/key.pem")
     assert config.tls_self_signed is True
+    assert config.secret_key == "k" * 40
     assert config.log_level == "DEBUG"
     assert config.scheme == "https"
     assert config.base_url == "https://hop.tinh.gov.vn"

@@ -420,3 +420,26 @@ def test_validation_error_wire_shape() -> None:
     assert wire["error"]["code"] == "bad_request"
     assert "'room'" in wire["error"]["message"]
     json.dumps(wire)  # serializable
+
+
+@pytest.mark.parametrize("value", [None, "eyJ.a.b"])
+def test_token_and_ticket_may_be_absent_or_a_string(value: str | None) -> None:
+    assert m.token({"token": value}) == value
+    assert m.ticket({"ticket": value}) == value
+
+
+@pytest.mark.parametrize("value", [17, "", " ", ["x"], "x" * (m.MAX_TOKEN + 1)])
+def test_a_bad_token_is_a_bad_request(value: object) -> None:
+    with pytest.raises(BadRequest):
+        m.token({"token": value})
+
+
+@pytest.mark.parametrize("value", ["l-0123456789ab"])
+def test_entry_ids(value: str) -> None:
+    assert m.entry_id({"entry_id": value}) == value
+
+
+@pytest.mark.parametrize("value", [None, "", "p-0123456789ab", "l-0123456789AB", "l-../etc", 5])
+def test_bad_entry_ids(value: object) -> None:
+    with pytest.raises(BadRequest):
+        m.entry_id({"entry_id": value})

@@ -13,11 +13,22 @@ const SCREEN_SOURCES = new Set(["screen", "screen-audio"]);
 const $ = (id) => document.getElementById(id);
 const body = document.body;
 const ROOM = body.dataset.room;
+// From an invitation link; a signed-in browser joins with its session cookie instead.
+const TOKEN = body.dataset.token || null;
+const HOST_ROLES = new Set(["host", "cohost"]);
 
 const ui = {
   prejoin: $("prejoin"),
   meeting: $("meeting"),
   left: $("left"),
+  lobby: $("lobby"),
+  lobbyLeave: $("lobby-leave"),
+  lobbyPanel: $("lobby-panel"),
+  lobbyList: $("lobby-list"),
+  lobbyCount: $("lobby-count"),
+  toggleLock: $("toggle-lock"),
+  endAll: $("end-all"),
+  leftHeading: document.querySelector("#left h1"),
   joinForm: $("prejoin-form"),
   joinButton: $("join"),
   joinError: $("join-error"),
@@ -150,6 +161,7 @@ function setStage(next) {
   ui.prejoin.hidden = next !== "prejoin";
   ui.meeting.hidden = next !== "meeting";
   ui.left.hidden = next !== "left";
+  ui.lobby.hidden = next !== "lobby";
   if (next === "meeting") requestAnimationFrame(layoutGrid);
 }
 
@@ -457,6 +469,19 @@ client.on("joined", ({ participants }) => {
   if (stage !== "meeting") setStage("meeting");
   renderSelf();
   updateCounts();
+  renderHostTools();
+});
+
+client.on("lobby", () => setStage("lobby"));
+
+client.on("lobbyupdated", ({ waiting }) => renderLobby(waiting));
+
+client.on("roomupdated", () => renderHostTools());
+
+client.on("ended", () => {
+  setText(ui.leftHeading, "left.ended_heading");
+  ui.rejoin.hidden = true;
+  endMeeting();
 });
 
 client.on("participantjoined", ({ participant }) => {
@@ -529,6 +554,7 @@ client.on("localmute", () => renderSelf());
 client.on("error", ({ error, action, fatal, pc }) => {
   console.warn("giaoban:", action, error);
   if (!fatal) return; // retried automatically; the connection state shows it
+  if (action === "join" && stage === "lobby") setStage("prejoin"); // onJoin shows why
   if (action === "join" && stage === "prejoin") return; // shown next to the join button
   const what = action === "publish" && pc === "screen" ? "share" : action;
   toast(errorText(error, what));
@@ -537,6 +563,93 @@ client.on("error", ({ error, action, fatal, pc }) => {
     endMeeting();
   }
 });
+
+// ---------------------------------------------------------------- host tools
+
+const isHost = () => HOST_ROLES.has(client.role);
+const announced = new Set(); // lobby entries already announced with a toast
+
+function waitedText(since) {
+  const minutes = Math.max(0, Math.floor((Date.now() / 1000 - since) / 60));
+  return t("host.waiting_for", { minutes });
+}
+
+function renderLobby(waiting) {
+  const host = isHost();
+  ui.lobbyPanel.hidden = !host || waiting.length === 0;
+  ui.lobbyCount.textContent = String(waiting.length);
+  ui.lobbyList.replaceChildren(
+    ...waiting.map((entry) => {
+      const admit = el("button", { type: "button", class: "btn btn-small btn-primary", "data-action": "admit", text: t("host.admit") });
+      const deny = el("button", { type: "button", class: "btn btn-small", "data-action": "deny", text: t("host.deny") });
+      admit.addEventListener("click", () => lobbyAction("admit", entry.id, admit));
+      deny.addEventListener("click", () => lobbyAction("deny", entry.id, deny));
+      return el("li", { class: "lobby-entry", "data-entry-id": entry.id }, [
+        el("span", { class: "p-name", text: entry.name }),
+        el("span", { class: "muted lobby-meta", text: [entry.site, waitedText(entry.since)].filter(Boolean).join(" · ") }),
+        el("span", { class: "lobby-actions" }, [admit, deny]),
+      ]);
+    }),
+  );
+  if (!host) return;
+  for (const entry of waiting) {
+    if (announced.has(entry.id)) continue;
+    announced.add(entry.id);
+    const open = el("button", { type: "button", class: "btn btn-small", text: t("host.show_lobby") });
+    open.addEventListener("click", () => setSide(true));
+    toast(t("host.knocking", { name: entry.name }), { kind: "info", button: open });
+  }
+}
+
+async function lobbyAction(action, entryId, button) {
+  button.disabled = true;
+  try {
+    if (action === "admit") await client.admit(entryId);
+    else await client.deny(entryId);
+  } catch (err) {
+    button.disabled = false;
+    toast(errorText(err, action));
+  }
+}
+
+function renderHostTools() {
+  const host = isHost();
+  const locked = !!client.roomInfo?.locked;
+  ui.toggleLock.hidden = !host;
+  ui.endAll.hidden = !host;
+  ui.toggleLock.setAttribute("aria-pressed", String(locked));
+  const key = locked ? "host.unlock" : "host.lock";
+  setText(ui.toggleLock.querySelector(".ctrl-label"), key);
+  ui.toggleLock.setAttribute("aria-label", t(key));
+  body.dataset.locked = String(locked);
+  body.dataset.role = client.role || "";
+  renderLobby(client.waiting);
+}
+
+async function endForAll() {
+  if (!window.confirm(t("host.end_confirm"))) return;
+  ui.endAll.disabled = true;
+  try {
+    await client.endForAll();
+  } catch (err) {
+    toast(errorText(err, "end"));
+  } finally {
+    ui.endAll.disabled = false;
+  }
+}
+
+async function toggleLock() {
+  ui.toggleLock.disabled = true;
+  try {
+    const info = await client.setLocked(!client.roomInfo?.locked);
+    client.roomInfo = { ...client.roomInfo, ...info };
+    renderHostTools();
+  } catch (err) {
+    toast(errorText(err, "lock"));
+  } finally {
+    ui.toggleLock.disabled = false;
+  }
+}
 
 // ---------------------------------------------------------------- pre-join
 
@@ -579,7 +692,7 @@ async function onJoin(event) {
     await media._busy; // a device switch in progress
     const tracks = media.publishTracks();
     if (tracks.length) await client.publish("main", tracks);
-    await client.join(ROOM, name);
+    await client.join(ROOM, name, { token: TOKEN });
   } catch (err) {
     // After the meeting stage was reached, the "error" handler has dealt with it.
     if ((err && err.code === "left") || stage !== "prejoin") return;
@@ -733,6 +846,12 @@ function init() {
   ui.toggleSide.addEventListener("click", () => setSide(body.dataset.side !== "open"));
   ui.closeSide.addEventListener("click", () => setSide(false));
   ui.leave.addEventListener("click", onLeave);
+  ui.toggleLock.addEventListener("click", toggleLock);
+  ui.endAll.addEventListener("click", endForAll);
+  ui.lobbyLeave.addEventListener("click", async () => {
+    await client.leave();
+    setStage("prejoin");
+  });
   ui.rejoin.addEventListener("click", () => window.location.reload());
   ui.copyLink.addEventListener("click", copyLink);
   window.addEventListener("pagehide", () => {

@@ -6,7 +6,11 @@
 //
 // Events (CustomEvent, payload in `event.detail`):
 //   state              {state, previous}      "connecting" | "connected" | "reconnecting" | "disconnected"
-//   joined             {participantId, room, participants, rejoin}   after every (re)join ack
+//   joined             {participantId, room, participants, rejoin, role}   after every (re)join ack
+//   lobby              {entryId, title}       waiting for a host to admit us (then "joined")
+//   lobbyupdated       {waiting}              hosts only: who waits in the lobby, oldest first
+//   roomupdated        {room, title, mode, locked}
+//   ended              {room}                 a host ended the meeting for everyone
 //   participantjoined  {participant}          a remote participant (also when found on rejoin)
 //   participantleft    {participantId}
 //   participantupdated {participant}          name or track list changed (participant_updated)
@@ -30,7 +34,17 @@ export const STATES = Object.freeze(["connecting", "connected", "reconnecting", 
 export const PC_NAME_RE = /^[a-z0-9_-]{1,16}$/;
 
 // Errors that do not get better by trying again.
-const FATAL_JOIN = new Set(["bad_request", "too_large", "forbidden", "not_found"]);
+const FATAL_JOIN = new Set([
+  "bad_request",
+  "too_large",
+  "forbidden",
+  "not_found",
+  "unauthenticated",
+  "invalid_token",
+  "room_ended",
+  "room_locked",
+  "denied",
+]);
 const FATAL_PUBLISH = new Set(["bad_request", "too_large", "forbidden"]);
 
 /** An error answered by the node (`code` is the protocol's stable code) or a local failure. */
@@ -129,6 +143,13 @@ export class MeetingClient extends EventTarget {
     this._recovering = new Set();
     this._pcFailures = new Map();
     this._ownIds = new Set(); // every participant id this client has had (ghosts after a rejoin)
+    this.token = null; // invitation token, when the page came from an invitation link
+    this.role = null; // our role in the room: "host", "cohost", "member" or "guest"
+    this.roomInfo = null; // {room, title, mode, locked}
+    this.waiting = []; // hosts: the lobby, oldest first
+    this.inLobby = false;
+    this._ticket = null; // given on entry; a rejoin that shows it skips the lobby
+    this._admission = null; // {resolve, reject} while waiting in the lobby
   }
 
   // ------------------------------------------------------------------ public API
@@ -154,11 +175,13 @@ export class MeetingClient extends EventTarget {
    * publish() and subscribes. Resolves after the first complete join; rejects only on errors
    * that retrying cannot fix (bad room/name, forbidden, ...). Transient failures (no answer,
    * socket down) are retried with backoff, visible through the "state" event.
+   * `token` is the invitation token of an invitation link (a signed-in browser needs none).
    */
-  join(room, name) {
+  join(room, name, { token = null } = {}) {
     if (this._wantJoined) return Promise.reject(new ProtocolError("already_joined", "join() already called", "join"));
     this.room = room;
     this.name = name;
+    this.token = token;
     this._wantJoined = true;
     this._everJoined = false;
     this._attempt = 0;
@@ -302,6 +325,13 @@ export class MeetingClient extends EventTarget {
         /* closing the socket below ends the session anyway */
       }
     }
+    if (this.inLobby && this.socket?.connected) {
+      try {
+        await this.request("leave", {}, { timeout: 3000 });
+      } catch {
+        /* closing the socket below ends the wait anyway */
+      }
+    }
     this._teardown();
     this._clearRemote();
     this.socket?.disconnect();
@@ -382,6 +412,17 @@ export class MeetingClient extends EventTarget {
     socket.on("track_removed", (msg) => this._onTrackRemoved(msg));
     socket.on("active_speaker", (msg) => this._onActiveSpeaker(msg));
     socket.on("down_offer", (msg) => this._queueDownOffer(msg));
+    socket.on("admitted", (res) => this._admission?.resolve(res));
+    socket.on("meeting_ended", (msg) => this._onMeetingEnded(msg));
+    socket.on("denied", () => this._admission?.reject(new ProtocolError("denied", "a host did not admit you", "join")));
+    socket.on("lobby_updated", (msg) => {
+      this.waiting = Array.isArray(msg?.waiting) ? msg.waiting : [];
+      this._emit("lobbyupdated", { waiting: this.waiting });
+    });
+    socket.on("room_updated", (info) => {
+      this.roomInfo = { ...this.roomInfo, ...info };
+      this._emit("roomupdated", this.roomInfo);
+    });
     return socket;
   }
 
@@ -411,6 +452,11 @@ export class MeetingClient extends EventTarget {
     this._gen += 1;
     clearTimeout(this._retryTimer);
     this._joined = false;
+    this.inLobby = false;
+    if (this._admission) {
+      this._admission.reject(new ProtocolError("disconnected", "the lobby wait ended", "join"));
+      this._admission = null;
+    }
     this._established = false;
     this._epoch = null;
     for (const name of [...this.upPcs.keys()]) this._closeUp(name);
@@ -462,7 +508,11 @@ export class MeetingClient extends EventTarget {
     this._beginEpoch();
     let res;
     try {
-      res = await this.request("join", { room: this.room, name: this.name });
+      const payload = { room: this.room, name: this.name };
+      if (this.token) payload.token = this.token;
+      if (this._ticket) payload.ticket = this._ticket;
+      res = await this.request("join", payload);
+      if (res.lobby) res = await this._waitInLobby(res, gen);
     } catch (err) {
       if (stale()) return;
       this._epoch = null;
@@ -481,6 +531,10 @@ export class MeetingClient extends EventTarget {
     this.participantId = res.participant_id ?? null;
     if (this.participantId) this._ownIds.add(this.participantId);
     if (res.room) this.room = res.room;
+    this.role = res.role ?? null;
+    this._ticket = res.ticket ?? null;
+    this.roomInfo = { room: res.room, title: res.title, mode: res.mode, locked: !!res.locked };
+    this.waiting = Array.isArray(res.waiting) ? res.waiting : [];
     this.iceServers = Array.isArray(res.ice_servers) ? res.ice_servers : [];
     this._applySnapshot(Array.isArray(res.participants) ? res.participants : []);
     this._emit("joined", {
@@ -488,7 +542,9 @@ export class MeetingClient extends EventTarget {
       room: this.room,
       participants: [...this.participants.values()],
       rejoin,
+      role: this.role,
     });
+    if (this.waiting.length) this._emit("lobbyupdated", { waiting: this.waiting });
     this._updateState();
     try {
       for (const name of [...this._local.keys()]) {
@@ -518,6 +574,61 @@ export class MeetingClient extends EventTarget {
       this._joinWaiter.resolve({ participantId: this.participantId, participants: [...this.participants.values()] });
       this._joinWaiter = null;
     }
+  }
+
+  /** Wait in the lobby until a host admits us (the `admitted` result) or denies us. */
+  _waitInLobby(res, gen) {
+    this.inLobby = true;
+    this._emit("lobby", { entryId: res.entry_id, title: res.title });
+    return new Promise((resolve, reject) => {
+      this._admission = {
+        resolve: (admitted) => {
+          this._admission = null;
+          this.inLobby = false;
+          if (gen === this._gen) resolve(admitted);
+        },
+        reject: (err) => {
+          this._admission = null;
+          this.inLobby = false;
+          reject(err);
+        },
+      };
+    });
+  }
+
+  _onMeetingEnded(msg) {
+    if (!this._wantJoined) return;
+    this._wantJoined = false;
+    this._teardown();
+    this._clearRemote();
+    this.socket?.disconnect();
+    this._updateState();
+    const err = new ProtocolError("room_ended", "the meeting has ended", "join");
+    if (this._joinWaiter) {
+      this._joinWaiter.reject(err);
+      this._joinWaiter = null;
+    }
+    this._emit("ended", { room: msg?.room ?? this.room });
+  }
+
+  /** Hosts: end the meeting for everyone (nobody can join it again). */
+  endForAll() {
+    return this.request("end", {});
+  }
+
+  /** Hosts: let a waiting person in (`entryId` from the lobby list). */
+  admit(entryId) {
+    return this.request("admit", { entry_id: entryId });
+  }
+
+  /** Hosts: turn a waiting person away. */
+  deny(entryId) {
+    return this.request("deny", { entry_id: entryId });
+  }
+
+  /** Hosts: lock the room (no one new gets in) or unlock it. */
+  setLocked(locked) {
+    return this.request("lock", { locked: !!locked });
   }
 
   _fail(err, action) {
