@@ -17,7 +17,15 @@ from sqlalchemy import select
 from server.auth import account_for_session_token
 from server.errors import Forbidden, RoomEnded, Unauthenticated
 from server.invitations import verify_invitation
-from server.room_records import end_room, get_room, is_removed, mark_started, room_role, room_state
+from server.room_records import (
+    add_removal,
+    end_room,
+    get_room,
+    is_removed,
+    mark_started,
+    room_role,
+    room_state,
+)
 from server.store.db import Database
 from server.store.models import RoomRecord, Site
 
@@ -99,6 +107,18 @@ class Gate:
         """Mark the room ended in the store (a host ended it from the meeting)."""
         async with self._database.session() as db, db.begin():
             await end_room(db, None, slug)
+
+    async def remove(self, slug: str, entrant: Entrant, name: str) -> None:
+        """Remember that a host removed this entrant: its account and its token stay out."""
+        async with self._database.session() as db, db.begin():
+            room = await get_room(db, slug)
+            await add_removal(
+                db,
+                room,
+                account_id=entrant.account_id,
+                token_id=entrant.token_id,
+                display_name=name,
+            )
 
     async def started(self, room: RoomRecord | str) -> None:
         """Record that the room's meeting has begun (the first person got in)."""

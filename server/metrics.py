@@ -121,4 +121,5 @@ _EVENTS = {
     "deny",
     "lock",
     "end",
+    "remove",
 }

@@ -57,6 +57,7 @@ class Participant:
     up: dict[str, UpConnection] = field(default_factory=dict)
     down: DownConnection | None = None
     left: bool = False
+    removed: bool = False  # a host is taking them out
 
     @property
     def tracks(self) -> list[UpTrack]:

@@ -151,5 +151,12 @@ def ticket(data: dict[str, Any]) -> str | None:
     return optional_text(data, "ticket", 64)
 
 
+PARTICIPANT_ID = re.compile(r"^p-[0-9a-f]{12}$")
+
+
+def participant_id(data: dict[str, Any]) -> str:
+    return text(data, "participant_id", 16, PARTICIPANT_ID)
+
+
 def entry_id(data: dict[str, Any]) -> str:
     return text(data, "entry_id", 16, ENTRY_ID)

@@ -94,6 +94,7 @@ class MeetingNamespace(socketio.AsyncNamespace):
             "deny": self._deny,
             "lock": self._lock,
             "end": self._end,
+            "remove": self._remove,
         }
 
     # -- Notifier for rooms -------------------------------------------------------------------
@@ -353,6 +354,35 @@ class MeetingNamespace(socketio.AsyncNamespace):
         log.info("deny room=%s entry=%s by=%s", host.room.name, entry.id, host.id)
         self._metrics.host_actions.labels(action="deny").inc()
         await host.room.lobby_changed()
+        return {}
+
+    async def _remove(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(session)
+        target_id = messages.participant_id(data)
+        target = host.room.participants.get(target_id)
+        if target is None or target.removed:
+            raise NotFound(f"no participant {target_id!r} in this room")
+        if target is host:
+            raise BadRequest("a host cannot remove themselves: leave instead")
+        # Claimed before the first await: a second host removing the same person at the same
+        # moment finds them gone instead of removing them twice.
+        target.removed = True
+        entrant = target.entrant
+        if entrant is not None:
+            # Stored first: from here on neither this account nor this link gets back in.
+            try:
+                await self.gate.remove(host.room.name, entrant, target.name)
+            except BaseException:
+                target.removed = False
+                raise
+        log.info("remove room=%s participant=%s by=%s", host.room.name, target.id, host.id)
+        self._metrics.host_actions.labels(action="remove").inc()
+        sid = self.participant_sids.get(target.id)
+        removed = self.sessions.get(sid) if sid is not None else None
+        if removed is not None:
+            await self.emit("removed", {"room": host.room.name}, to=removed.sid)
+            async with removed.lock:
+                await self._leave_room(removed)
         return {}
 
     async def _end(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ Real node, real store (SQLite under the test's data directory), real Socket.IO c
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -358,3 +359,41 @@ async def test_a_host_ends_the_meeting_for_everyone(node, closing) -> None:  # t
     ack = await member.request("join", {"room": "ket-thuc", "name": "Xã E", "token": member_token})
     assert code_of(ack) == "room_ended"
     assert 'giaoban_host_actions_total{action="end"} 1.0' in await _metrics(node)
+
+
+async def test_a_removed_participant_cannot_come_back(node, closing) -> None:  # type: ignore[no-untyped-def]
+    host = await make_peer(node, "Chủ trì")
+    member = await make_peer(node, "Xã F")
+    other_host = await make_peer(node, "Phó chủ trì")
+    closing.extend([host, member, other_host])
+    await host.join("moi-ra", await node.invite("moi-ra", "host"))
+    await other_host.join("moi-ra", await node.invite("moi-ra", "host"))
+    token = await node.invite("moi-ra")
+    await member.join("moi-ra", token)
+    victim = member.participant_id
+
+    assert code_of(await member.request("remove", {"participant_id": host.participant_id})) == (
+        "forbidden"
+    )
+    assert code_of(await host.request("remove", {"participant_id": "p-000000000000"})) == (
+        "not_found"
+    )
+    assert code_of(await host.request("remove", {"participant_id": "../x"})) == "bad_request"
+    # Two hosts remove the same person at once: one succeeds, the other finds them gone.
+    acks = await asyncio.gather(
+        host.request("remove", {"participant_id": victim}),
+        other_host.request("remove", {"participant_id": victim}),
+    )
+    assert sorted("ok" if "ok" in a else a["error"]["code"] for a in acks) == ["not_found", "ok"]
+    await member.wait_for(lambda: member.last_event("removed") is not None, 5, "removed")
+    await host.wait_for(
+        lambda: any(
+            e == "participant_left" and p["participant_id"] == victim for e, p in host.events
+        ),
+        5,
+        "the member gone for the host",
+    )
+    assert victim not in _live_rooms(node)["moi-ra"].participants
+    ack = await member.request("join", {"room": "moi-ra", "name": "Xã F", "token": token})
+    assert code_of(ack) == "forbidden"
+    assert 'giaoban_host_actions_total{action="remove"} 1.0' in await _metrics(node)

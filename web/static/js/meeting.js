@@ -478,6 +478,12 @@ client.on("lobbyupdated", ({ waiting }) => renderLobby(waiting));
 
 client.on("roomupdated", () => renderHostTools());
 
+client.on("removed", () => {
+  setText(ui.leftHeading, "left.removed_heading");
+  ui.rejoin.hidden = true;
+  endMeeting();
+});
+
 client.on("ended", () => {
   setText(ui.leftHeading, "left.ended_heading");
   ui.rejoin.hidden = true;

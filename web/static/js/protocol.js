@@ -11,6 +11,7 @@
 //   lobbyupdated       {waiting}              hosts only: who waits in the lobby, oldest first
 //   roomupdated        {room, title, mode, locked}
 //   ended              {room}                 a host ended the meeting for everyone
+//   removed            {room}                 a host removed us (we cannot come back)
 //   participantjoined  {participant}          a remote participant (also when found on rejoin)
 //   participantleft    {participantId}
 //   participantupdated {participant}          name or track list changed (participant_updated)
@@ -413,7 +414,8 @@ export class MeetingClient extends EventTarget {
     socket.on("active_speaker", (msg) => this._onActiveSpeaker(msg));
     socket.on("down_offer", (msg) => this._queueDownOffer(msg));
     socket.on("admitted", (res) => this._admission?.resolve(res));
-    socket.on("meeting_ended", (msg) => this._onMeetingEnded(msg));
+    socket.on("meeting_ended", (msg) => this._stopByHost("ended", msg));
+    socket.on("removed", (msg) => this._stopByHost("removed", msg));
     socket.on("denied", () => this._admission?.reject(new ProtocolError("denied", "a host did not admit you", "join")));
     socket.on("lobby_updated", (msg) => {
       this.waiting = Array.isArray(msg?.waiting) ? msg.waiting : [];
@@ -596,19 +598,26 @@ export class MeetingClient extends EventTarget {
     });
   }
 
-  _onMeetingEnded(msg) {
+  /** A host ended the meeting or removed us: stop without trying to rejoin. */
+  _stopByHost(type, msg) {
     if (!this._wantJoined) return;
     this._wantJoined = false;
     this._teardown();
     this._clearRemote();
     this.socket?.disconnect();
     this._updateState();
-    const err = new ProtocolError("room_ended", "the meeting has ended", "join");
+    const code = type === "ended" ? "room_ended" : "forbidden";
+    const err = new ProtocolError(code, `stopped by a host (${type})`, "join");
     if (this._joinWaiter) {
       this._joinWaiter.reject(err);
       this._joinWaiter = null;
     }
-    this._emit("ended", { room: msg?.room ?? this.room });
+    this._emit(type, { room: msg?.room ?? this.room });
+  }
+
+  /** Hosts: take a participant out of the meeting; their account or link cannot rejoin. */
+  remove(participantId) {
+    return this.request("remove", { participant_id: participantId });
   }
 
   /** Hosts: end the meeting for everyone (nobody can join it again). */
