@@ -151,6 +151,7 @@ export class MeetingClient extends EventTarget {
     this.inLobby = false;
     this._ticket = null; // given on entry; a rejoin that shows it skips the lobby
     this._admission = null; // {resolve, reject} while waiting in the lobby
+    this._serverListeners = []; // [event, fn] added with onServer()
   }
 
   // ------------------------------------------------------------------ public API
@@ -375,6 +376,20 @@ export class MeetingClient extends EventTarget {
     throw new ProtocolError("bad_response", `malformed answer to ${event}`, event);
   }
 
+  /**
+   * Listen to a node event this client does not handle itself (for example "chat_message");
+   * the listener stays across reconnects. Returns an unsubscribe function.
+   */
+  onServer(event, fn) {
+    const entry = [event, fn];
+    this._serverListeners.push(entry);
+    this.socket?.on(event, fn);
+    return () => {
+      this._serverListeners = this._serverListeners.filter((e) => e !== entry);
+      this.socket?.off(event, fn);
+    };
+  }
+
   /** addEventListener with a plain callback receiving `detail`; returns an unsubscribe function. */
   on(type, fn) {
     const listener = (event) => fn(event.detail, event);
@@ -414,6 +429,7 @@ export class MeetingClient extends EventTarget {
     socket.on("active_speaker", (msg) => this._onActiveSpeaker(msg));
     socket.on("down_offer", (msg) => this._queueDownOffer(msg));
     socket.on("admitted", (res) => this._admission?.resolve(res));
+    for (const [event, fn] of this._serverListeners) socket.on(event, fn);
     socket.on("meeting_ended", (msg) => this._stopByHost("ended", msg));
     socket.on("removed", (msg) => this._stopByHost("removed", msg));
     socket.on("denied", () => this._admission?.reject(new ProtocolError("denied", "a host did not admit you", "join")));
