@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from server.attendance import close_open_stays, record_entry, record_exit
 from server.auth import account_for_session_token
 from server.errors import Forbidden, RoomEnded, Unauthenticated
 from server.invitations import verify_invitation
@@ -63,6 +64,11 @@ class Gate:
     def __init__(self, database: Database, secret_key: bytes) -> None:
         self._database = database
         self._key = secret_key
+
+    @property
+    def database(self) -> Database:
+        """The store the gate reads (signaling's chat keeps messages there too)."""
+        return self._database
 
     async def check(
         self, slug: str, *, session_token: str | None, invitation: str | None
@@ -119,6 +125,31 @@ class Gate:
                 token_id=entrant.token_id,
                 display_name=name,
             )
+
+    async def entered(self, entrant: Entrant, name: str) -> int:
+        """Record that the entrant is in the meeting now; the attendance stay's id."""
+        async with self._database.session() as db, db.begin():
+            return await record_entry(
+                db,
+                entrant.room,
+                account_id=entrant.account_id,
+                token_id=entrant.token_id,
+                name=name,
+                site_code=entrant.site_code,
+                site_name=entrant.site_name,
+                role=entrant.role,
+                at=datetime.now(UTC),
+            )
+
+    async def exited(self, stay_id: int) -> None:
+        """Record that the person of this attendance stay left the meeting."""
+        async with self._database.session() as db, db.begin():
+            await record_exit(db, stay_id, datetime.now(UTC))
+
+    async def close_stays(self, slug: str | None = None) -> int:
+        """Close attendance stays still open (of one room, or all after a restart)."""
+        async with self._database.session() as db, db.begin():
+            return await close_open_stays(db, datetime.now(UTC), slug)
 
     async def started(self, room: RoomRecord | str) -> None:
         """Record that the room's meeting has begun (the first person got in)."""

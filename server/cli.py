@@ -1,4 +1,5 @@
-"""`giaoban` command line: `giaoban serve` starts a node, `giaoban users ...` manages accounts."""
+"""`giaoban` command line: `giaoban serve` starts a node, `giaoban users ...` manages accounts,
+`giaoban tokens ...` REST API tokens."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import getpass
 import logging
 import sys
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (GIAOBAN_HOST)")
     serve.add_argument("--port", type=int, help="TCP port (GIAOBAN_PORT)")
     _add_users_parser(commands)
+    _add_tokens_parser(commands)
     return parser
 
 
@@ -63,6 +66,22 @@ def _add_users_parser(commands: argparse._SubParsersAction) -> None:  # type: ig
     )
     disable = actions.add_parser("disable", help="disable an account (it can no longer sign in)")
     disable.add_argument("username")
+
+
+def _add_tokens_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    tokens = commands.add_parser(
+        "tokens",
+        help="manage REST API tokens (mã truy cập API): add, list, revoke",
+        description="Manage API tokens in the node's database (GIAOBAN_DATA_DIR or DATABASE_URL).",
+    )
+    actions = tokens.add_subparsers(dest="tokens_command", required=True)
+    add = actions.add_parser("add", help="make a token for an account and print it (once)")
+    add.add_argument("username", help="the account the token acts for")
+    add.add_argument("name", help='what uses the token, e.g. "lịch họp tuần"')
+    show = actions.add_parser("list", help="show the tokens (never the tokens themselves)")
+    show.add_argument("username", nargs="?", help="only this account's tokens")
+    revoke = actions.add_parser("revoke", help="revoke a token (by the id `list` shows)")
+    revoke.add_argument("id", type=int)
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -134,6 +153,66 @@ async def _users(args: argparse.Namespace, config: Config, password: str | None)
         await database.close()
 
 
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if moment is not None else "-"
+
+
+async def _tokens(args: argparse.Namespace, config: Config) -> str:
+    """Run one `giaoban tokens` command; returns what to print."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from server import accounts, api_tokens
+    from server.store.db import open_database
+
+    database = await open_database(config)
+    try:
+        async with database.session() as session, session.begin():
+            if args.tokens_command == "add":
+                account = await accounts.get_account(session, args.username)
+                row, token = await api_tokens.create_api_token(session, account, args.name)
+                # The token alone on the last line: `| tail -n1` hands it to a script.
+                return (
+                    f"Đã tạo mã {row.id} cho {account.username} / token {row.id} made for "
+                    f"{account.username}; it is shown only now:\n{token}"
+                )
+            if args.tokens_command == "revoke":
+                row = await api_tokens.revoke_api_token(session, None, args.id)
+                return f"Đã thu hồi mã / token revoked: {row.id} ({row.name})"
+            found = await api_tokens.list_all_api_tokens(session)
+            if args.username:
+                owner = await accounts.get_account(session, args.username)
+                found = [row for row in found if row.account_id == owner.id]
+            rows = [["id", "username", "name", "created", "last used", "revoked"]]
+            for row in found:
+                rows.append(
+                    [
+                        str(row.id),
+                        row.account.username,
+                        row.name,
+                        _when(row.created_at),
+                        _when(row.last_used_at),
+                        _when(row.revoked_at),
+                    ]
+                )
+            return _table(rows)
+    except SQLAlchemyError as exc:  # e.g. the database is locked or went away
+        raise StoreError(str(getattr(exc, "orig", None) or exc).splitlines()[0]) from exc
+    finally:
+        await database.close()
+
+
+def _run_tokens(args: argparse.Namespace, config: Config) -> int:
+    try:
+        print(asyncio.run(_tokens(args, config)))
+    except GiaoBanError as exc:
+        print(f"giaoban: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("giaoban: cancelled / đã huỷ", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _run_users(args: argparse.Namespace, config: Config) -> int:
     try:
         password = None
@@ -169,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(config)
     if args.command == "users":
         return _run_users(args, config)
+    if args.command == "tokens":
+        return _run_tokens(args, config)
 
     from server.app import SHUTDOWN_TIMEOUT, make_app
     from server.tls import ssl_context

@@ -126,3 +126,11 @@ class RoomLocked(GiaoBanError):
     code = "room_locked"
     message_vi = "Phòng họp đã khóa, không nhận thêm người"
     message_en = "The room is locked: no one new may join"
+
+
+class TooMany(GiaoBanError):
+    """Too many requests of one kind in a short time (chat messages): try again shortly."""
+
+    code = "rate_limited"
+    message_vi = "Gửi quá nhanh, vui lòng chờ một chút"
+    message_en = "Too many requests: wait a moment"

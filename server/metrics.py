@@ -99,6 +99,26 @@ class Metrics:
             ["action"],
             registry=self.registry,
         )
+        self.chat_messages = Counter(
+            "giaoban_chat_messages",
+            "Chat messages sent, by audience (room, hosts)",
+            ["to"],
+            registry=self.registry,
+        )
+        for to in ("room", "hosts"):
+            self.chat_messages.labels(to=to)  # both show, from 0
+
+        self.api_requests = Counter(
+            "giaoban_api_requests",
+            "REST API requests, by method and status class (2xx, 4xx, 5xx)",
+            ["method", "status"],
+            registry=self.registry,
+        )
+
+    def api_request(self, method: str, status: int) -> None:
+        # Bounded labels: a client cannot invent methods or statuses to grow the registry.
+        known = method if method in _API_METHODS else "other"
+        self.api_requests.labels(method=known, status=f"{min(max(status // 100, 1), 5)}xx").inc()
 
     def signaling_error(self, code: str, event: str) -> None:
         known = event if event in _EVENTS else "other"
@@ -108,6 +128,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+_API_METHODS = {"GET", "HEAD", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"}
 _EVENTS = {
     "join",
     "publish",
@@ -122,4 +143,16 @@ _EVENTS = {
     "lock",
     "end",
     "remove",
+    "mute_participant",
+    "mute_all",
+    "ask_unmute",
+    "stop_camera",
+    "set_role",
+    "spotlight",
+    "raise_hand",
+    "lower_hand",
+    "grant_floor",
+    "revoke_floor",
+    "chat",
+    "chat_history",
 }

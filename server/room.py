@@ -12,7 +12,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from server.errors import BadRequest, NotFound
+from server.errors import BadRequest, Forbidden, NotFound
 from server.sfu.connections import DownConnection, MediaSettings, UpConnection
 from server.sfu.speaker import ActiveSpeakerDetector
 from server.sfu.stats import SfuStats
@@ -40,6 +40,9 @@ class Notifier(Protocol):
 
 
 HOST_ROLES = ("host", "cohost")
+# Modes where only hosts and the floor holder may open a microphone (DESIGN §3).
+CONTROLLED_MODES = ("conference", "training")
+SPEAKING_SOURCES = ("microphone",)
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Participant:
     down: DownConnection | None = None
     left: bool = False
     removed: bool = False  # a host is taking them out
+    stay_id: int | None = None  # the attendance record of this stay
 
     @property
     def tracks(self) -> list[UpTrack]:
@@ -122,6 +126,10 @@ class Room:
         self.locked = False
         self.participants: dict[str, Participant] = {}
         self.lobby: dict[str, LobbyEntry] = {}
+        # Raised hands in order: participant id -> time raised (dicts keep insertion order).
+        self.hands: dict[str, float] = {}
+        self.floor: str | None = None  # who has been given the floor
+        self.spotlight: str | None = None
         # ticket -> the entrant it was given to; kept while the room is live on this node.
         self._tickets: dict[str, Entrant] = {}
         self._settings = settings
@@ -171,6 +179,15 @@ class Room:
         await self._notifier.to_room(
             self.name, "participant_left", {"participant_id": participant.id}
         )
+        if self.hands.pop(participant.id, None) is not None:
+            await self._hands_changed()
+        changed = False
+        if self.floor == participant.id:
+            self.floor, changed = None, True
+        if self.spotlight == participant.id:
+            self.spotlight, changed = None, True
+        if changed:
+            await self._notifier.to_room(self.name, "room_updated", self.describe())
         if not self.participants and self._speaker_task is not None:
             self._speaker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -190,7 +207,20 @@ class Room:
         )
 
     def describe(self) -> dict[str, Any]:
-        return {"room": self.name, "title": self.title, "mode": self.mode, "locked": self.locked}
+        return {
+            "room": self.name,
+            "title": self.title,
+            "mode": self.mode,
+            "locked": self.locked,
+            "floor": self.floor,
+            "spotlight": self.spotlight,
+        }
+
+    def may_speak(self, participant: Participant) -> bool:
+        """Whether the participant may open a microphone now (the mode and the floor)."""
+        return (
+            participant.is_host or self.mode not in CONTROLLED_MODES or self.floor == participant.id
+        )
 
     # -- lobby --------------------------------------------------------------------------------
 
@@ -290,8 +320,19 @@ class Room:
             await self._notifier.to_room(
                 self.name, "track_added", track.describe(), skip=participant.id
             )
+        closed = [
+            t for t in added if t.source in SPEAKING_SOURCES and not self.may_speak(participant)
+        ]
+        for track in closed:
+            track.set_muted(True)
         if added:
             await self._participant_updated(participant)
+        if closed:
+            await self._notifier.to_participant(
+                participant.id,
+                "muted_by_host",
+                {"sources": sorted({t.source for t in closed}), "reason": "floor"},
+            )
         return answer, added
 
     async def _participant_updated(self, participant: Participant) -> None:
@@ -343,6 +384,8 @@ class Room:
 
     async def set_muted(self, participant: Participant, track_id: str, muted: bool) -> UpTrack:
         track = participant.track(track_id)
+        if not muted and track.source in SPEAKING_SOURCES and not self.may_speak(participant):
+            raise Forbidden("the chair has not given you the floor: raise your hand")
         if track.muted != muted:
             track.set_muted(muted)
             log.info(
@@ -357,6 +400,116 @@ class Room:
             )
             await self._participant_updated(participant)
         return track
+
+    # -- host controls ------------------------------------------------------------------------
+
+    def target(self, participant_id: str) -> Participant:
+        """A participant of this room a host acts on; NotFound when gone (or being removed)."""
+        target = self.participants.get(participant_id)
+        if target is None or target.removed or target.left:
+            raise NotFound(f"no participant {participant_id!r} in this room")
+        return target
+
+    async def force_mute(
+        self, target: Participant, sources: tuple[str, ...], by: Participant | None, reason: str
+    ) -> list[UpTrack]:
+        """Stop forwarding `target`'s tracks of `sources` and tell them why."""
+        muted = [t for t in target.tracks if t.source in sources and not t.muted]
+        for track in muted:
+            track.set_muted(True)
+            await self._notifier.to_room(
+                self.name, "track_updated", track.describe(), skip=target.id
+            )
+        log.info(
+            "force mute room=%s participant=%s sources=%s by=%s reason=%s tracks=%d",
+            self.name,
+            target.id,
+            ",".join(sources),
+            by.id if by else None,
+            reason,
+            len(muted),
+        )
+        if muted:
+            await self._participant_updated(target)
+        await self._notifier.to_participant(
+            target.id,
+            "muted_by_host",
+            {"sources": list(sources), "reason": reason, "by": by.name if by else None},
+        )
+        return muted
+
+    async def set_role(self, by: Participant, target: Participant, role: str) -> None:
+        if role not in ("cohost", "member"):
+            raise BadRequest("'role' must be cohost or member")
+        if target.role == "host":
+            raise Forbidden("the meeting's hosts keep their role")
+        if target.role == role:
+            return
+        target.role = role
+        log.info("role room=%s participant=%s role=%s by=%s", self.name, target.id, role, by.id)
+        await self._notifier.to_room(self.name, "participant_updated", target.describe())
+        await self._notifier.to_participant(target.id, "role_changed", {"role": role})
+        if target.is_host:
+            await self._notifier.to_participant(
+                target.id, "lobby_updated", {"waiting": self.lobby_list()}
+            )
+            await self._notifier.to_participant(target.id, "hands_updated", self.hands_list())
+        elif not self.may_speak(target):
+            await self.force_mute(target, SPEAKING_SOURCES, by, "floor")
+
+    async def set_spotlight(self, by: Participant, target: Participant | None) -> None:
+        self.spotlight = target.id if target is not None else None
+        log.info("spotlight room=%s participant=%s by=%s", self.name, self.spotlight, by.id)
+        await self._notifier.to_room(self.name, "room_updated", self.describe())
+
+    # -- floor control ------------------------------------------------------------------------
+
+    def hands_list(self) -> dict[str, Any]:
+        queue = []
+        for pid, since in self.hands.items():
+            p = self.participants.get(pid)
+            if p is not None:
+                queue.append({"participant_id": pid, "name": p.name, "since": since})
+        return {"queue": queue}
+
+    async def _hands_changed(self) -> None:
+        await self._notifier.to_room(self.name, "hands_updated", self.hands_list())
+
+    async def raise_hand(self, participant: Participant) -> None:
+        if participant.id in self.hands:
+            return
+        self.hands[participant.id] = time.time()
+        log.info("hand raised room=%s participant=%s", self.name, participant.id)
+        await self._hands_changed()
+
+    async def lower_hand(self, participant: Participant, by: Participant) -> None:
+        if self.hands.pop(participant.id, None) is None:
+            return
+        log.info("hand lowered room=%s participant=%s by=%s", self.name, participant.id, by.id)
+        await self._hands_changed()
+
+    async def grant_floor(self, by: Participant, target: Participant) -> None:
+        previous = self.participants.get(self.floor) if self.floor else None
+        self.floor = target.id
+        self.hands.pop(target.id, None)
+        log.info("floor granted room=%s participant=%s by=%s", self.name, target.id, by.id)
+        await self._notifier.to_room(self.name, "room_updated", self.describe())
+        await self._hands_changed()
+        await self._notifier.to_participant(target.id, "floor_granted", {"by": by.name})
+        if previous is not None and previous is not target and not self.may_speak(previous):
+            await self.force_mute(previous, SPEAKING_SOURCES, by, "floor")
+
+    async def revoke_floor(self, by: Participant) -> None:
+        holder = self.participants.get(self.floor) if self.floor else None
+        if self.floor is None:
+            return
+        self.floor = None
+        log.info(
+            "floor revoked room=%s participant=%s by=%s", self.name, holder and holder.id, by.id
+        )
+        await self._notifier.to_room(self.name, "room_updated", self.describe())
+        if holder is not None and not self.may_speak(holder):
+            await self.force_mute(holder, SPEAKING_SOURCES, by, "floor")
 
     # -- active speaker ---------------------------------------------------------------------
 

@@ -28,9 +28,10 @@ from server.errors import (
     UnknownEvent,
 )
 from server.metrics import Metrics
-from server.room import LobbyEntry, Participant, Room
+from server.room import SPEAKING_SOURCES, LobbyEntry, Participant, Room
 from server.rooms import Rooms
 from signaling import messages
+from signaling.chat import chat_handlers
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class MeetingNamespace(socketio.AsyncNamespace):
         self.waiting_sids: dict[str, str] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._metrics = metrics
+        self.metrics = metrics  # for handler modules beside this one (signaling/chat.py)
         self._ice_servers = ice_servers
         self._handlers: dict[
             str, Callable[[Session, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -95,7 +97,18 @@ class MeetingNamespace(socketio.AsyncNamespace):
             "lock": self._lock,
             "end": self._end,
             "remove": self._remove,
+            "mute_participant": self._mute_participant,
+            "mute_all": self._mute_all,
+            "ask_unmute": self._ask_unmute,
+            "stop_camera": self._stop_camera,
+            "set_role": self._set_role,
+            "spotlight": self._spotlight,
+            "raise_hand": self._raise_hand,
+            "lower_hand": self._lower_hand,
+            "grant_floor": self._grant_floor,
+            "revoke_floor": self._revoke_floor,
         }
+        self._handlers.update(chat_handlers(self))
 
     # -- Notifier for rooms -------------------------------------------------------------------
 
@@ -210,11 +223,18 @@ class MeetingNamespace(socketio.AsyncNamespace):
         self.participant_sids[participant.id] = session.sid
         await self.enter_room(session.sid, room.name)
         self._metrics.joins.inc()
+        # The store's records must not keep anyone out of a meeting: failures are logged.
         if first:
             try:
                 await self.gate.started(room.name)
             except Exception:
                 log.exception("room=%s: could not record the meeting start", room.name)
+        try:
+            participant.stay_id = await self.gate.entered(entrant, name)
+        except Exception:
+            log.exception(
+                "room=%s participant=%s: attendance not recorded", room.name, participant.id
+            )
         result = {
             "participant_id": participant.id,
             "room": room.name,
@@ -224,6 +244,7 @@ class MeetingNamespace(socketio.AsyncNamespace):
             "ticket": participant.ticket,
             **room.describe(),
         }
+        result["hands"] = room.hands_list()["queue"]
         if participant.is_host:
             result["waiting"] = room.lobby_list()
         return result
@@ -298,6 +319,17 @@ class MeetingNamespace(socketio.AsyncNamespace):
         await room.leave(participant)
         self.participant_sids.pop(participant.id, None)
         self._metrics.leaves.inc()
+        # Two tabs of one person share a stay: it ends when the last of them leaves.
+        shared = any(p.stay_id == participant.stay_id for p in room.participants.values())
+        if participant.stay_id is not None and not shared:
+            try:
+                await self.gate.exited(participant.stay_id)
+            except Exception:
+                log.exception(
+                    "room=%s participant=%s: attendance exit not recorded",
+                    room.name,
+                    participant.id,
+                )
         await self.rooms.discard_if_empty(room)
 
     async def _leave_lobby(self, session: Session) -> None:
@@ -359,9 +391,7 @@ class MeetingNamespace(socketio.AsyncNamespace):
     async def _remove(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
         host = self._host(session)
         target_id = messages.participant_id(data)
-        target = host.room.participants.get(target_id)
-        if target is None or target.removed:
-            raise NotFound(f"no participant {target_id!r} in this room")
+        target = host.room.target(target_id)
         if target is host:
             raise BadRequest("a host cannot remove themselves: leave instead")
         # Claimed before the first await: a second host removing the same person at the same
@@ -384,6 +414,88 @@ class MeetingNamespace(socketio.AsyncNamespace):
             async with removed.lock:
                 await self._leave_room(removed)
         return {}
+
+    def _counted(self, action: str) -> None:
+        self._metrics.host_actions.labels(action=action).inc()
+
+    async def _mute_participant(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(session)
+        target = host.room.target(messages.participant_id(data))
+        muted = await host.room.force_mute(target, SPEAKING_SOURCES, host, "host")
+        self._counted("mute")
+        return {"tracks": [t.describe() for t in muted]}
+
+    async def _mute_all(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(session)
+        count = 0
+        for target in list(host.room.participants.values()):
+            if not target.is_host and not target.removed and not target.left:
+                count += len(await host.room.force_mute(target, SPEAKING_SOURCES, host, "host"))
+        self._counted("mute_all")
+        return {"muted_tracks": count}
+
+    async def _ask_unmute(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(session)
+        target = host.room.target(messages.participant_id(data))
+        log.info("ask unmute room=%s participant=%s by=%s", host.room.name, target.id, host.id)
+        await self.to_participant(target.id, "unmute_requested", {"by": host.name})
+        self._counted("ask_unmute")
+        return {}
+
+    async def _stop_camera(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(session)
+        target = host.room.target(messages.participant_id(data))
+        muted = await host.room.force_mute(target, ("camera",), host, "host")
+        self._counted("stop_camera")
+        return {"tracks": [t.describe() for t in muted]}
+
+    async def _set_role(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(session)
+        target = host.room.target(messages.participant_id(data))
+        role = messages.text(data, "role", 16)
+        await host.room.set_role(host, target, role)
+        self._counted("promote" if role == "cohost" else "demote")
+        return {"participant": target.describe()}
+
+    async def _spotlight(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(session)
+        target = (
+            host.room.target(messages.participant_id(data))
+            if data.get("participant_id") is not None
+            else None
+        )
+        await host.room.set_spotlight(host, target)
+        self._counted("spotlight")
+        return host.room.describe()
+
+    async def _raise_hand(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        participant = self._joined(session)
+        await participant.room.raise_hand(participant)
+        return participant.room.hands_list()
+
+    async def _lower_hand(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        participant = self._joined(session)
+        if data.get("participant_id") is None:
+            target = participant
+        else:
+            # Someone else's hand: only a host may lower it.
+            host = self._host(session)
+            target = host.room.target(messages.participant_id(data))
+        await participant.room.lower_hand(target, participant)
+        return participant.room.hands_list()
+
+    async def _grant_floor(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(session)
+        target = host.room.target(messages.participant_id(data))
+        await host.room.grant_floor(host, target)
+        self._counted("grant_floor")
+        return host.room.describe()
+
+    async def _revoke_floor(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(session)
+        await host.room.revoke_floor(host)
+        self._counted("revoke_floor")
+        return host.room.describe()
 
     async def _end(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
         host = self._host(session)
@@ -412,6 +524,10 @@ class MeetingNamespace(socketio.AsyncNamespace):
             await self.emit("meeting_ended", {"room": room_name}, to=sid)
             async with session.lock:
                 await self._leave_room(session)
+        try:
+            await self.gate.close_stays(room_name)
+        except Exception:
+            log.exception("room=%s: open attendance stays not closed", room_name)
         return len(sids)
 
     async def _lock(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:

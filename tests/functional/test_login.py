@@ -179,9 +179,8 @@ async def test_good_login_sets_locked_down_cookies(node: Node) -> None:
 
         status, home = await page(http, node.url + "/")
         assert status == 200
-        assert (
-            f'class="account-name" title="Đang đăng nhập với tài khoản lan.nguyen">{NAME}' in home
-        )
+        shown = 'title="Đang đăng nhập với tài khoản lan.nguyen">'
+        assert f'class="account-name" href="/account/tokens" {shown}{NAME}' in home
         assert 'action="/logout"' in home and "Đăng xuất" in home
         assert f'value="{cookie(http, CSRF_COOKIE)}"' in home
         # Signed in, the sign-in page sends the browser on.

@@ -30,7 +30,16 @@ ALL_ERRORS = [
     errors.NotFound,
     errors.Conflict,
     errors.Forbidden,
+    errors.LoginFailed,
+    errors.StoreError,
+    errors.Unauthenticated,
+    errors.InvalidToken,
+    errors.RoomEnded,
+    errors.RoomLocked,
+    errors.TooMany,
 ]
+# Kinds of another error that keep its code (a taken name is a conflict).
+SAME_CODE = {errors.AlreadyExists}
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -73,7 +82,23 @@ def test_codes_are_unique_and_stable() -> None:
         "not_found",
         "conflict",
         "forbidden",
+        "login_failed",
+        "store",
+        "unauthenticated",
+        "invalid_token",
+        "room_ended",
+        "room_locked",
+        "rate_limited",
     } == set(codes)
+
+
+def test_every_error_of_the_module_is_covered() -> None:
+    defined = {
+        obj
+        for obj in vars(errors).values()
+        if isinstance(obj, type) and issubclass(obj, errors.GiaoBanError)
+    }
+    assert defined == set(ALL_ERRORS) | SAME_CODE
 
 
 @pytest.mark.parametrize("cls", ALL_ERRORS, ids=lambda c: c.__name__)

@@ -4,6 +4,7 @@
 import { MeetingClient } from "./protocol.js";
 import { t, has, setText, onLangChange } from "./i18n.js";
 import { LocalMedia, mediaErrorKey } from "./prejoin.js";
+import { setupChat } from "./chat.js";
 
 const NAME_KEY = "giaoban.name";
 const SIDE_KEY = "giaoban.side";
@@ -28,6 +29,13 @@ const ui = {
   lobbyCount: $("lobby-count"),
   toggleLock: $("toggle-lock"),
   endAll: $("end-all"),
+  raiseHand: $("raise-hand"),
+  muteAll: $("mute-all"),
+  handsPanel: $("hands-panel"),
+  handsList: $("hands-list"),
+  handsCount: $("hands-count"),
+  floorHolder: $("floor-holder"),
+  revokeFloor: $("revoke-floor"),
   leftHeading: document.querySelector("#left h1"),
   joinForm: $("prejoin-form"),
   joinButton: $("join"),
@@ -232,10 +240,14 @@ function ensureRemote(participantId, name) {
     [video, avatar, el("span", { class: "tile-name" }, [icon("mic-off", "mic-off-icon"), nameEl])],
   );
   const liName = el("span", { class: "p-name" });
+  const liRole = el("span", { class: "p-role" });
+  const hostMenu = el("details", { class: "p-menu", hidden: true });
   const li = el("li", { dataset: { participantId } }, [
     el("span", { class: "avatar avatar-small", "aria-hidden": "true" }),
     liName,
+    liRole,
     el("span", { class: "p-icons" }, [icon("mic-off", "mic-off-icon"), icon("cam-off", "cam-off-icon")]),
+    hostMenu,
   ]);
   remote = {
     id: participantId,
@@ -246,6 +258,8 @@ function ensureRemote(participantId, name) {
     nameEl,
     li,
     liName,
+    liRole,
+    hostMenu,
     tracks: new Map(), // track id -> Track
     media: new Map(), // track id -> MediaStreamTrack
     screen: null, // {box, video}
@@ -306,6 +320,58 @@ function renderRemote(remote) {
   remote.tile.dataset.hasVideo = String(showsVideo);
   remote.tile.classList.toggle("speaking", speakerId === remote.id);
   remote.li.classList.toggle("speaking", speakerId === remote.id);
+  const info = client.participants.get(remote.id) || {};
+  const role = info.role || "member";
+  remote.li.dataset.role = role;
+  remote.liRole.textContent = role !== "member" && has(`role.${role}`) ? t(`role.${role}`) : "";
+  remote.tile.dataset.spotlight = String(client.roomInfo?.spotlight === remote.id);
+  renderHostMenu(remote, role);
+}
+
+/** The host's actions on one participant, in a small menu in the participant list. */
+function renderHostMenu(remote, role) {
+  const menu = remote.hostMenu;
+  menu.hidden = !isHost();
+  if (menu.hidden) {
+    menu.replaceChildren();
+    return;
+  }
+  const spotlighted = client.roomInfo?.spotlight === remote.id;
+  const actions = [
+    ["mute", "host.mute", () => client.muteParticipant(remote.id)],
+    ["ask_unmute", "host.ask_unmute", () => client.askUnmute(remote.id)],
+    ["stop_camera", "host.stop_camera", () => client.stopCamera(remote.id)],
+    ["grant_floor", "floor.grant", () => client.grantFloor(remote.id)],
+    ["spotlight", spotlighted ? "host.unspotlight" : "host.spotlight", () => client.spotlight(spotlighted ? null : remote.id)],
+  ];
+  if (role === "member" || role === "guest") actions.push(["set_role", "host.make_cohost", () => client.setRole(remote.id, "cohost")]);
+  if (role === "cohost") actions.push(["set_role", "host.make_member", () => client.setRole(remote.id, "member")]);
+  actions.push([
+    "remove",
+    "host.remove",
+    () => (window.confirm(t("host.remove_confirm", { name: remote.name })) ? client.remove(remote.id) : null),
+  ]);
+  const wasOpen = menu.open;
+  menu.replaceChildren(
+    el("summary", { "aria-label": t("host.actions"), title: t("host.actions"), text: "⋯" }),
+    ...actions.map(([action, key, run]) => {
+      const button = el("button", { type: "button", class: "btn btn-small", "data-action": action, text: t(key) });
+      button.addEventListener("click", () => hostAction(action, button, run));
+      return button;
+    }),
+  );
+  menu.open = wasOpen;
+}
+
+async function hostAction(action, button, run) {
+  button.disabled = true;
+  try {
+    await run();
+  } catch (err) {
+    toast(errorText(err, action));
+  } finally {
+    button.disabled = false;
+  }
 }
 
 function refreshMedia(remote) {
@@ -495,7 +561,39 @@ client.on("participantjoined", ({ participant }) => {
 });
 
 client.on("participantupdated", ({ participant }) => {
-  ensureRemote(participant.id, participant.name);
+  renderRemote(ensureRemote(participant.id, participant.name));
+});
+
+client.on("mutedbyhost", ({ sources, reason }) => {
+  renderSelf();
+  renderControls();
+  if (sources.includes("camera")) toast(t("host.stopped_camera"), { kind: "info" });
+  if (sources.includes("microphone")) toast(t(reason === "floor" ? "host.floor_closed" : "host.muted_you"), { kind: "info" });
+});
+
+client.on("unmuterequested", () => {
+  const button = el("button", { type: "button", class: "btn btn-small", text: t("host.unmute_now") });
+  const box = toast(t("host.asks_unmute"), { kind: "info", timeout: 0, button });
+  button.addEventListener("click", async () => {
+    box.remove();
+    await unmuteMicrophone();
+  });
+});
+
+client.on("floorgranted", () => {
+  const button = el("button", { type: "button", class: "btn btn-small", text: t("host.unmute_now") });
+  const box = toast(t("floor.granted"), { kind: "info", timeout: 0, button });
+  button.addEventListener("click", async () => {
+    box.remove();
+    await unmuteMicrophone();
+  });
+});
+
+client.on("handsupdated", () => renderHands());
+
+client.on("rolechanged", ({ role }) => {
+  toast(t(role === "cohost" ? "host.now_cohost" : "host.now_member"), { kind: "info" });
+  renderHostTools();
 });
 
 client.on("participantleft", ({ participantId }) => removeRemote(participantId));
@@ -618,8 +716,61 @@ async function lobbyAction(action, entryId, button) {
   }
 }
 
+async function unmuteMicrophone() {
+  try {
+    await client.setMuted("microphone", false);
+  } catch (err) {
+    toast(errorText(err, "mute"));
+  }
+  renderSelf();
+  renderControls();
+}
+
+function renderHands() {
+  const queue = client.hands || [];
+  const mine = queue.some((h) => h.participant_id === client.participantId);
+  ui.raiseHand.setAttribute("aria-pressed", String(mine));
+  setText(ui.raiseHand.querySelector(".ctrl-label"), mine ? "floor.lower" : "floor.raise");
+  const host = isHost();
+  const floor = client.roomInfo?.floor || null;
+  ui.handsPanel.hidden = !host || (queue.length === 0 && !floor);
+  ui.handsCount.textContent = String(queue.length);
+  ui.revokeFloor.hidden = !floor;
+  ui.floorHolder.hidden = !floor;
+  if (floor) {
+    const name = floor === client.participantId ? client.name : client.participants.get(floor)?.name || "";
+    ui.floorHolder.textContent = t("floor.holder", { name });
+  }
+  ui.handsList.replaceChildren(
+    ...queue.map((hand) => {
+      const grant = el("button", { type: "button", class: "btn btn-small btn-primary", "data-action": "grant_floor", text: t("floor.grant") });
+      grant.addEventListener("click", () => hostAction("grant_floor", grant, () => client.grantFloor(hand.participant_id)));
+      return el("li", { class: "lobby-entry hand-entry", "data-participant-id": hand.participant_id }, [
+        el("span", { class: "p-name", text: hand.name }),
+        el("span", { class: "muted lobby-meta", text: waitedText(hand.since) }),
+        el("span", { class: "lobby-actions" }, [grant]),
+      ]);
+    }),
+  );
+}
+
+async function toggleHand() {
+  const mine = (client.hands || []).some((h) => h.participant_id === client.participantId);
+  ui.raiseHand.disabled = true;
+  try {
+    const res = mine ? await client.lowerHand() : await client.raiseHand();
+    client.hands = res.queue || client.hands;
+    renderHands();
+  } catch (err) {
+    toast(errorText(err));
+  } finally {
+    ui.raiseHand.disabled = false;
+  }
+}
+
 function renderHostTools() {
   const host = isHost();
+  ui.muteAll.hidden = !host;
   const locked = !!client.roomInfo?.locked;
   ui.toggleLock.hidden = !host;
   ui.endAll.hidden = !host;
@@ -630,6 +781,8 @@ function renderHostTools() {
   body.dataset.locked = String(locked);
   body.dataset.role = client.role || "";
   renderLobby(client.waiting);
+  renderHands();
+  for (const remote of remotes.values()) renderRemote(remote);
 }
 
 async function endForAll() {
@@ -854,6 +1007,9 @@ function init() {
   ui.leave.addEventListener("click", onLeave);
   ui.toggleLock.addEventListener("click", toggleLock);
   ui.endAll.addEventListener("click", endForAll);
+  ui.raiseHand.addEventListener("click", toggleHand);
+  ui.muteAll.addEventListener("click", () => hostAction("mute_all", ui.muteAll, () => client.muteAll()));
+  ui.revokeFloor.addEventListener("click", () => hostAction("revoke_floor", ui.revokeFloor, () => client.revokeFloor()));
   ui.lobbyLeave.addEventListener("click", async () => {
     await client.leave();
     setStage("prejoin");
@@ -874,6 +1030,7 @@ function init() {
 
   setStage("prejoin");
   media.start().catch((err) => console.error("giaoban: media", err));
+  setupChat(client, { toast, errorText, setSide });
 }
 
 init();

@@ -12,6 +12,11 @@
 //   roomupdated        {room, title, mode, locked}
 //   ended              {room}                 a host ended the meeting for everyone
 //   removed            {room}                 a host removed us (we cannot come back)
+//   mutedbyhost        {sources, reason, by}  the node stopped forwarding these sources of ours
+//   unmuterequested    {by}                   a host asks us to open the microphone
+//   floorgranted       {by}                   we may speak now (conference, training)
+//   handsupdated       {queue}                raised hands in order [{participant_id, name, since}]
+//   rolechanged        {role}                 a host made us co-host or member
 //   participantjoined  {participant}          a remote participant (also when found on rejoin)
 //   participantleft    {participantId}
 //   participantupdated {participant}          name or track list changed (participant_updated)
@@ -152,6 +157,7 @@ export class MeetingClient extends EventTarget {
     this._ticket = null; // given on entry; a rejoin that shows it skips the lobby
     this._admission = null; // {resolve, reject} while waiting in the lobby
     this._serverListeners = []; // [event, fn] added with onServer()
+    this.hands = []; // raised hands, in order
   }
 
   // ------------------------------------------------------------------ public API
@@ -280,8 +286,81 @@ export class MeetingClient extends EventTarget {
       entry.track.enabled = !muted;
       this._emit("localmute", { trackId, source: entry.source, muted: !!muted });
     }
-    const res = await this.request("mute", { track_id: trackId, muted: !!muted });
+    let res;
+    try {
+      res = await this.request("mute", { track_id: trackId, muted: !!muted });
+    } catch (err) {
+      // Refused (no floor in a conference, ...): the track stays as the node has it.
+      if (entry && err.code === "forbidden") {
+        entry.muted = !muted;
+        entry.track.enabled = muted;
+        this._emit("localmute", { trackId, source: entry.source, muted: !muted });
+      }
+      throw err;
+    }
     return res.track || null;
+  }
+
+  _onMutedByHost(msg) {
+    const sources = Array.isArray(msg?.sources) ? msg.sources : [];
+    for (const source of sources) {
+      const entry = this._findLocal((e) => e.source === source);
+      if (!entry || entry.muted) continue;
+      entry.muted = true;
+      entry.track.enabled = false;
+      this._emit("localmute", { trackId: entry.trackId, source, muted: true });
+    }
+    this._emit("mutedbyhost", { sources, reason: msg?.reason, by: msg?.by ?? null });
+  }
+
+  /** Raise our hand (ask for the floor). */
+  raiseHand() {
+    return this.request("raise_hand", {});
+  }
+
+  /** Lower our hand, or (hosts) someone else's. */
+  lowerHand(participantId = null) {
+    return this.request("lower_hand", participantId ? { participant_id: participantId } : {});
+  }
+
+  /** Hosts: close a participant's microphone (the node stops forwarding it). */
+  muteParticipant(participantId) {
+    return this.request("mute_participant", { participant_id: participantId });
+  }
+
+  /** Hosts: close every microphone but the hosts'. */
+  muteAll() {
+    return this.request("mute_all", {});
+  }
+
+  /** Hosts: ask a participant to open the microphone (they decide). */
+  askUnmute(participantId) {
+    return this.request("ask_unmute", { participant_id: participantId });
+  }
+
+  /** Hosts: stop a participant's camera. */
+  stopCamera(participantId) {
+    return this.request("stop_camera", { participant_id: participantId });
+  }
+
+  /** Hosts: make a participant co-host ("cohost") or member again ("member"). */
+  setRole(participantId, role) {
+    return this.request("set_role", { participant_id: participantId, role });
+  }
+
+  /** Hosts: show a participant large for everyone (null: nobody). */
+  spotlight(participantId) {
+    return this.request("spotlight", { participant_id: participantId });
+  }
+
+  /** Hosts: give the floor to a participant. */
+  grantFloor(participantId) {
+    return this.request("grant_floor", { participant_id: participantId });
+  }
+
+  /** Hosts: take the floor back. */
+  revokeFloor() {
+    return this.request("revoke_floor", {});
   }
 
   /**
@@ -432,6 +511,17 @@ export class MeetingClient extends EventTarget {
     for (const [event, fn] of this._serverListeners) socket.on(event, fn);
     socket.on("meeting_ended", (msg) => this._stopByHost("ended", msg));
     socket.on("removed", (msg) => this._stopByHost("removed", msg));
+    socket.on("muted_by_host", (msg) => this._onMutedByHost(msg));
+    socket.on("unmute_requested", (msg) => this._emit("unmuterequested", msg || {}));
+    socket.on("floor_granted", (msg) => this._emit("floorgranted", msg || {}));
+    socket.on("hands_updated", (msg) => {
+      this.hands = Array.isArray(msg?.queue) ? msg.queue : [];
+      this._emit("handsupdated", { queue: this.hands });
+    });
+    socket.on("role_changed", (msg) => {
+      this.role = msg?.role ?? this.role;
+      this._emit("rolechanged", { role: this.role });
+    });
     socket.on("denied", () => this._admission?.reject(new ProtocolError("denied", "a host did not admit you", "join")));
     socket.on("lobby_updated", (msg) => {
       this.waiting = Array.isArray(msg?.waiting) ? msg.waiting : [];
@@ -551,8 +641,16 @@ export class MeetingClient extends EventTarget {
     if (res.room) this.room = res.room;
     this.role = res.role ?? null;
     this._ticket = res.ticket ?? null;
-    this.roomInfo = { room: res.room, title: res.title, mode: res.mode, locked: !!res.locked };
+    this.roomInfo = {
+      room: res.room,
+      title: res.title,
+      mode: res.mode,
+      locked: !!res.locked,
+      floor: res.floor ?? null,
+      spotlight: res.spotlight ?? null,
+    };
     this.waiting = Array.isArray(res.waiting) ? res.waiting : [];
+    this.hands = Array.isArray(res.hands) ? res.hands : [];
     this.iceServers = Array.isArray(res.ice_servers) ? res.ice_servers : [];
     this._applySnapshot(Array.isArray(res.participants) ? res.participants : []);
     this._emit("joined", {
@@ -730,9 +828,11 @@ export class MeetingClient extends EventTarget {
     const known = this.participants.get(p.id);
     if (known) {
       known.name = p.name ?? known.name;
+      known.role = p.role ?? known.role;
+      known.site = p.site ?? known.site;
       return;
     }
-    const participant = { id: p.id, name: p.name ?? "" };
+    const participant = { id: p.id, name: p.name ?? "", role: p.role ?? "member", site: p.site ?? null };
     this.participants.set(p.id, participant);
     this._emit("participantjoined", { participant: { ...participant, tracks: p.tracks || [] } });
   }
@@ -790,7 +890,8 @@ export class MeetingClient extends EventTarget {
       for (const id of listed) this._epoch.staleT.delete(id);
     }
     const known = this.participants.get(p.id);
-    const renamed = known && p.name !== undefined && p.name !== known.name;
+    const renamed =
+      known && ((p.name !== undefined && p.name !== known.name) || (p.role !== undefined && p.role !== known.role));
     this._upsertParticipant(p);
     for (const track of p.tracks || []) if (track && track.id) this._upsertTrack({ participant_id: p.id, ...track });
     for (const [id, track] of [...this.tracks]) {
