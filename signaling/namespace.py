@@ -49,6 +49,7 @@ class Session:
     # While waiting in a room's lobby (then `participant` is None).
     waiting: LobbyEntry | None = None
     waiting_room: Room | None = None
+    removed: bool = False  # a host took this socket's person out of the meeting
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -346,6 +347,8 @@ class MeetingNamespace(socketio.AsyncNamespace):
     def _host(self, session: Session) -> Participant:
         if session.waiting is not None:
             raise Forbidden("waiting in the lobby: only a host may do this")
+        if session.removed:
+            raise Forbidden("removed from the meeting by a host")
         participant = self._joined(session)
         if not participant.is_host:
             raise Forbidden("only a host may do this")
@@ -413,6 +416,7 @@ class MeetingNamespace(socketio.AsyncNamespace):
             await self.emit("removed", {"room": host.room.name}, to=removed.sid)
             async with removed.lock:
                 await self._leave_room(removed)
+                removed.removed = True
         return {}
 
     def _counted(self, action: str) -> None:
@@ -474,13 +478,12 @@ class MeetingNamespace(socketio.AsyncNamespace):
         return participant.room.hands_list()
 
     async def _lower_hand(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
-        participant = self._joined(session)
         if data.get("participant_id") is None:
-            target = participant
+            participant = target = self._joined(session)
         else:
             # Someone else's hand: only a host may lower it.
-            host = self._host(session)
-            target = host.room.target(messages.participant_id(data))
+            participant = self._host(session)
+            target = participant.room.target(messages.participant_id(data))
         await participant.room.lower_hand(target, participant)
         return participant.room.hands_list()
 

@@ -167,15 +167,10 @@ async def test_hands_are_raised_and_lowered(node, people) -> None:  # type: igno
     await host.wait_event("hands_updated", lambda h: h["queue"] == [], since=len(host.events) - 1)
 
 
-async def test_every_host_action_is_refused_to_a_member_and_changes_nothing(node, people) -> None:  # type: ignore[no-untyped-def]
-    host = await people("quyen-han", "Chủ trì", "host", mode="conference")
-    member = await people("quyen-han", "Thành viên")
-    victim = await people("quyen-han", "Nạn nhân")
-    await victim._ok("raise_hand", {})
-    target = {"participant_id": victim.participant_id}
-    live = node.app[ROOMS].by_name["quyen-han"]
-    before = (live.describe(), dict(live.hands), {p.id: p.role for p in live.participants.values()})
-    for event, payload in [
+def host_actions(target_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every host-only event, aimed at `target_id` where it takes a participant."""
+    target = {"participant_id": target_id}
+    return [
         ("mute_participant", target),
         ("mute_all", {}),
         ("ask_unmute", target),
@@ -190,13 +185,50 @@ async def test_every_host_action_is_refused_to_a_member_and_changes_nothing(node
         ("deny", {"entry_id": "l-0123456789ab"}),
         ("lock", {"locked": True}),
         ("end", {}),
-    ]:
-        assert code_of(await member.request(event, payload)) == "forbidden", event
-    after = (live.describe(), dict(live.hands), {p.id: p.role for p in live.participants.values()})
-    assert after == before
-    assert victim.last_event("muted_by_host") is None
-    assert victim.last_event("unmute_requested") is None
-    assert host.participant_id in live.participants
+    ]
+
+
+def room_state(node, room: str) -> tuple[Any, ...]:  # type: ignore[no-untyped-def]
+    live = node.app[ROOMS].by_name[room]
+    return (
+        live.describe(),
+        dict(live.hands),
+        {p.id: (p.role, [t.muted for t in p.tracks]) for p in live.participants.values()},
+        list(live.lobby),
+    )
+
+
+async def test_every_host_action_is_refused_to_members_the_lobby_and_the_removed(
+    node, people
+) -> None:  # type: ignore[no-untyped-def]
+    host = await people("quyen-han", "Chủ trì", "host", mode="conference")
+    member = await people("quyen-han", "Thành viên")
+    victim = await people("quyen-han", "Nạn nhân")
+    await victim.publish([ToneAudioTrack()])
+    await victim._ok("raise_hand", {})
+    waiting = Peer(node.url, "Khách ở phòng chờ")
+    removed = Peer(node.url, "Bị mời ra")
+    try:
+        await waiting.connect()
+        assert (await waiting.join("quyen-han", await node.invite("quyen-han", "guest")))["lobby"]
+        await removed.connect()
+        await removed.join("quyen-han", await node.invite("quyen-han"))
+        await host._ok("remove", {"participant_id": removed.participant_id})
+        await removed.wait_event("removed")
+
+        before = room_state(node, "quyen-han")
+        seen = len(victim.events)
+        for actor in (member, waiting, removed):
+            for event, payload in host_actions(victim.participant_id):
+                ack = await actor.request(event, payload)
+                assert code_of(ack) == "forbidden", (actor.name, event, ack)
+        assert room_state(node, "quyen-han") == before
+        told = [event for event, _ in victim.events[seen:]]
+        assert "muted_by_host" not in told and "unmute_requested" not in told
+        assert waiting.last_event("admitted") is None and waiting.last_event("denied") is None
+    finally:
+        await waiting.close()
+        await removed.close()
 
 
 async def test_co_hosts_spotlight_and_two_hosts_at_once(node, people) -> None:  # type: ignore[no-untyped-def]
