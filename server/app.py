@@ -11,9 +11,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from server.accounts import has_admin
 from server.admission import Gate
+from server.cluster import NodePresence
 from server.config import Config
 from server.errors import StoreError
 from server.metrics import Metrics
+from server.presence import make_presence
 from server.rooms import Rooms
 from server.secret_key import load_secret_key
 from server.sfu.connections import MediaSettings
@@ -37,6 +39,7 @@ SIGNALING = web.AppKey("signaling", MeetingNamespace)
 STATS = web.AppKey("stats", SfuStats)
 DATABASE = web.AppKey("database", Database)
 SECRET_KEY = web.AppKey("secret_key", bytes)
+CLUSTER = web.AppKey("cluster", NodePresence)
 
 FIRST_ADMIN_COMMAND = "giaoban users add admin --role admin"
 
@@ -46,8 +49,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    # Embedded default: nothing outside the process to wait for. Redis checks join later.
-    return web.json_response({"status": "ready", "rooms": len(request.app[ROOMS].by_name)})
+    """Ready while presence takes this node's heartbeats (always, in the embedded default);
+    meetings already running go on either way."""
+    cluster = request.app[CLUSTER]
+    body = {"rooms": len(request.app[ROOMS].by_name), "node": cluster.node_id}
+    if not cluster.healthy:
+        return web.json_response({"status": "presence unavailable", **body}, status=503)
+    return web.json_response({"status": "ready", **body})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -58,6 +66,17 @@ async def metrics(request: web.Request) -> web.Response:
         charset="utf-8",
         headers={"X-Content-Type-Options": "nosniff"},
     )
+
+
+def presence_url(config: Config) -> str:
+    """REDIS_URL without its password, for logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(config.redis_url or "")
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
 
 
 def make_app(config: Config) -> web.Application:
@@ -74,7 +93,14 @@ def make_app(config: Config) -> web.Application:
     node_metrics = Metrics(rooms, stats)
     # A dead browser (or a dead node, for the browser) is noticed within ~20 s instead of
     # Engine.IO's default 45 s: a commune link that drops should not hold a seat that long.
+    # With Redis, an emit reaches sockets on every node (JSON on the wire, never pickle).
+    client_manager = (
+        socketio.AsyncRedisManager(config.redis_url, channel=f"{config.redis_prefix}socketio")
+        if config.redis_url
+        else None
+    )
     sio = socketio.AsyncServer(
+        client_manager=client_manager,
         ping_interval=PING_INTERVAL,
         ping_timeout=PING_TIMEOUT,
         async_mode="aiohttp",
@@ -86,7 +112,14 @@ def make_app(config: Config) -> web.Application:
     database = Database(database_url(config))
     secret_key = load_secret_key(config)
     gate = Gate(database, secret_key)
-    namespace = MeetingNamespace(rooms, node_metrics, list(config.ice_servers), gate)
+    presence = make_presence(
+        config.redis_url,
+        prefix=config.redis_prefix,
+        participant_ttl=2 * config.heartbeat_interval,
+        dead_after=config.node_dead_after,
+    )
+    cluster = NodePresence(presence, config, rooms, stats)
+    namespace = MeetingNamespace(rooms, node_metrics, list(config.ice_servers), gate, cluster)
     rooms.notifier = namespace
     sio.register_namespace(namespace)
     sio.attach(app)
@@ -98,6 +131,7 @@ def make_app(config: Config) -> web.Application:
     app[STATS] = stats
     app[DATABASE] = database
     app[SECRET_KEY] = secret_key
+    app[CLUSTER] = cluster
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -105,22 +139,20 @@ def make_app(config: Config) -> web.Application:
     from server.api import setup_api
     from server.attendance_pages import setup_attendance_pages
     from server.auth import setup_auth
+    from server.dashboard_pages import setup_dashboard_pages
     from server.pages import setup_pages  # web UI routes, written with the templates
     from server.room_pages import setup_room_pages
+    from server.site_pages import setup_site_pages
 
     setup_pages(app, config)
     setup_auth(app)  # sessions, CSRF, /login and /logout
     setup_room_pages(app)  # /rooms: list, schedule, detail, invitation links
     setup_api(app)  # /api/v1 (JSON, bearer tokens), /account/tokens
     setup_attendance_pages(app)  # /rooms/{slug}/attendance: report and CSV (hosts)
+    setup_site_pages(app)  # /admin/sites: the site tree, CSV import (admins)
+    setup_dashboard_pages(app)  # /dashboard: live sites and rooms (admins, hosts)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        # Said where operators read: these settings are accepted but not used yet.
-        if config.redis_url:
-            log.warning(
-                "REDIS_URL is set, but presence across nodes is not built yet: "
-                "this node keeps presence in process"
-            )
         try:
             await database.migrate()
             async with database.session() as session:
@@ -146,11 +178,18 @@ def make_app(config: Config) -> web.Application:
                 "(chưa có tài khoản quản trị: hãy tạo bằng lệnh trên)",
                 FIRST_ADMIN_COMMAND,
             )
+        await cluster.start()
+        if config.redis_url:
+            state = "registered" if cluster.healthy else "not reachable yet, retrying"
+            log.info(
+                "presence in Redis (%s): node %s %s", presence_url(config), cluster.node_id, state
+            )
         log.info("node ready on %s", config.base_url)
         yield
         try:
             await rooms.close()
             await sio.shutdown()
+            await cluster.close()
         finally:
             await database.close()
 

@@ -1,5 +1,5 @@
 """`giaoban` command line: `giaoban serve` starts a node, `giaoban users ...` manages accounts,
-`giaoban tokens ...` REST API tokens."""
+`giaoban tokens ...` REST API tokens, `giaoban sites ...` the site tree."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ import getpass
 import logging
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from server.config import SETTINGS, Config
 from server.errors import BadRequest, ConfigError, GiaoBanError, StoreError
+
+if TYPE_CHECKING:
+    from server.sites import SiteNode
 
 
 def _settings_help() -> str:
@@ -38,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (GIAOBAN_HOST)")
     serve.add_argument("--port", type=int, help="TCP port (GIAOBAN_PORT)")
+    serve.add_argument("--site", help="code of the site this node serves (GIAOBAN_SITE)")
     _add_users_parser(commands)
     _add_tokens_parser(commands)
+    _add_sites_parser(commands)
     return parser
 
 
@@ -228,6 +235,127 @@ def _run_users(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _add_sites_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    sites = commands.add_parser(
+        "sites",
+        help="manage the site tree (đơn vị): import, list, provinces",
+        description=(
+            "Manage the site tree in the node's database (GIAOBAN_DATA_DIR or DATABASE_URL)."
+        ),
+    )
+    actions = sites.add_subparsers(dest="sites_command", required=True)
+    load = actions.add_parser(
+        "import",
+        help="import a province and its communes, or an operator's CSV file",
+        description=(
+            "Import a province and its communes/wards from the vietnam-provinces package (2025 "
+            "structure), or a CSV file with the header code,name,level,parent_code. A file with "
+            "any problem is refused whole: nothing is imported, every problem is listed."
+        ),
+    )
+    source = load.add_mutually_exclusive_group(required=True)
+    source.add_argument("--province", metavar="CODE", help="official province code, e.g. 12")
+    source.add_argument("--csv", metavar="FILE", help="UTF-8 CSV file ('-': standard input)")
+    load.add_argument("--parent", metavar="CODE", help="with --province: the site above it")
+    show = actions.add_parser("list", help="show the tree, indented")
+    show.add_argument("--province", metavar="CODE", help="only this site and the sites under it")
+    actions.add_parser("provinces", help="list the province codes the package knows")
+
+
+def _tree_lines(nodes: list[SiteNode], depth: int = 0) -> list[str]:
+    lines: list[str] = []
+    for node in nodes:
+        lines.append(f"{'  ' * depth}{node.code}  {node.name}  ({node.level.value})")
+        lines += _tree_lines(node.children, depth + 1)
+    return lines
+
+
+def _read_csv(path: str) -> str:
+    from server.sites import decode_csv
+
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise BadRequest(f"cannot read {path}: {exc.strerror}") from None
+    return decode_csv(data)
+
+
+async def _sites(args: argparse.Namespace, config: Config) -> str:
+    """Run one `giaoban sites` command (but `provinces`); returns what to print."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from server import sites
+    from server.store.db import open_database
+
+    text = _read_csv(args.csv) if getattr(args, "csv", None) else None
+    database = await open_database(config)
+    try:
+        async with database.session() as session, session.begin():
+            if args.sites_command == "import" and text is not None:
+                rows = sites.parse_site_csv(text, await sites.stored_parents(session))
+                result = await sites.import_sites(session, rows)
+                return f"Đã nhập / imported {args.csv}: {result}"
+            if args.sites_command == "import":
+                result = await sites.import_province(
+                    session, args.province, parent_code=args.parent
+                )
+                return f"Đã nhập tỉnh / province imported {args.province}: {result}"
+            tree = await sites.site_tree(session)
+    except SQLAlchemyError as exc:  # e.g. the database is locked or went away
+        raise StoreError(str(getattr(exc, "orig", None) or exc).splitlines()[0]) from exc
+    finally:
+        await database.close()
+    if args.province:
+        tree = sites.subtree(tree, args.province)
+    if not tree:
+        return (
+            "Chưa có đơn vị nào / no sites yet: giaoban sites import --province CODE "
+            "(giaoban sites provinces lists the codes)"
+        )
+    counts = sites.level_counts(tree)
+    total = ", ".join(f"{level.value} {n}" for level, n in counts.items() if n)
+    return "\n".join([*_tree_lines(tree), f"Tổng / total: {sum(counts.values())} ({total})"])
+
+
+def _provinces() -> str:
+    from server.sites import PACKAGE_VERSION, package_provinces
+
+    rows = [["code", "name", "type"]]
+    rows += [[p.code, p.name, p.division_type] for p in package_provinces()]
+    return f"{_table(rows)}\n(vietnam-provinces {PACKAGE_VERSION})"
+
+
+def _run_sites(args: argparse.Namespace, config: Config) -> int:
+    from server.sites import CsvRejected
+
+    if args.sites_command == "import" and args.parent and not args.province:
+        print(
+            "giaoban: --parent goes with --province / --parent chỉ dùng với --province",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        print(
+            _provinces() if args.sites_command == "provinces" else asyncio.run(_sites(args, config))
+        )
+    except CsvRejected as exc:
+        print(
+            f"giaoban: tệp bị từ chối, không nhập gì / file refused, nothing imported: "
+            f"{len(exc.problems)} problem(s)",
+            file=sys.stderr,
+        )
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except GiaoBanError as exc:
+        print(f"giaoban: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("giaoban: cancelled / đã huỷ", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _setup_logging(config: Config) -> None:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -241,7 +369,11 @@ def _setup_logging(config: Config) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = Config.from_env(host=getattr(args, "host", None), port=getattr(args, "port", None))
+        config = Config.from_env(
+            host=getattr(args, "host", None),
+            port=getattr(args, "port", None),
+            site=getattr(args, "site", None),
+        )
     except ConfigError as exc:
         print(f"giaoban: {exc.message}", file=sys.stderr)
         return 2
@@ -250,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_users(args, config)
     if args.command == "tokens":
         return _run_tokens(args, config)
+    if args.command == "sites":
+        return _run_sites(args, config)
 
     from server.app import SHUTDOWN_TIMEOUT, make_app
     from server.tls import ssl_context

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,23 @@ SETTINGS: dict[str, Setting] = {
         "GIAOBAN_DATA_DIR", "directory for the database, recordings, TLS files (default ./data)"
     ),
     "redis_url": Setting("REDIS_URL", "Redis for presence across nodes (unset: in-process)"),
+    "redis_prefix": Setting(
+        "GIAOBAN_REDIS_PREFIX", "prefix of every Redis key of this cluster (default giaoban:)"
+    ),
+    "site": Setting("GIAOBAN_SITE", "code of the site this node serves (e.g. a province's code)"),
+    "node_id": Setting(
+        "GIAOBAN_NODE_ID", "this node's name in the cluster (default: host name and port)"
+    ),
+    "capacity": Setting(
+        "GIAOBAN_CAPACITY", "participants this node is sized for, shown to operators (default 200)"
+    ),
+    "heartbeat_interval": Setting(
+        "GIAOBAN_HEARTBEAT_INTERVAL", "seconds between presence heartbeats (default 5)"
+    ),
+    "node_dead_after": Setting(
+        "GIAOBAN_NODE_DEAD_AFTER",
+        "seconds without a heartbeat after which a node counts as dead (default 15)",
+    ),
     "database_url": Setting(
         "DATABASE_URL", "PostgreSQL URL (unset: SQLite under the data directory)"
     ),
@@ -86,6 +104,12 @@ class Config:
     public_url: str = ""
     data_dir: Path = Path("data")
     redis_url: str | None = None
+    redis_prefix: str = "giaoban:"
+    site: str | None = None
+    node_id: str = ""
+    capacity: int = 200
+    heartbeat_interval: float = 5.0
+    node_dead_after: float = 15.0
     database_url: str | None = None
     ice_servers: tuple[dict[str, Any], ...] = ()
     ice_host_addresses: tuple[str, ...] = ()
@@ -100,6 +124,11 @@ class Config:
     @property
     def scheme(self) -> str:
         return "https" if (self.tls_cert or self.tls_self_signed) else "http"
+
+    @property
+    def node_name(self) -> str:
+        """This node's id in the cluster."""
+        return self.node_id or f"{socket.gethostname()}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -120,6 +149,20 @@ class Config:
             if not port.isdigit() or not 0 <= int(port) <= 65535:
                 raise ConfigError(f"GIAOBAN_PORT must be a port number (0-65535), not {port!r}")
             values["port"] = int(port)
+        for key, kind in (
+            ("capacity", int),
+            ("heartbeat_interval", float),
+            ("node_dead_after", float),
+        ):
+            if isinstance(values.get(key), str):
+                try:
+                    values[key] = kind(values[key])
+                except ValueError:
+                    raise ConfigError(
+                        f"{SETTINGS[key].env} must be a number, not {values[key]!r}"
+                    ) from None
+                if values[key] <= 0:
+                    raise ConfigError(f"{SETTINGS[key].env} must be positive")
         if isinstance(values.get("ice_servers"), str):
             values["ice_servers"] = _ice_servers(values["ice_servers"])
         if isinstance(values.get("ice_host_addresses"), str):

@@ -164,7 +164,7 @@ async def meeting_page(request: web.Request) -> web.Response:
 
     Opened by a signed-in account, or by anyone with an invitation link (``?token=``); the
     node checks both again at ``join``: this page only turns people away early and clearly."""
-    from server.app import DATABASE, SECRET_KEY  # the composition root imports this module
+    from server.app import CLUSTER, DATABASE, SECRET_KEY  # the composition root imports this
     from server.auth import current_account
     from server.errors import InvalidToken
     from server.invitations import verify_invitation
@@ -192,6 +192,10 @@ async def meeting_page(request: web.Request) -> web.Response:
         return _render(request, "error.html", "error", status=404, error="room_not_found")
     if room_state(record, datetime.now(UTC)) == "ended":
         return _render(request, "error.html", "error", status=410, error="room_over")
+    # The meeting's media runs on its home node: a page opened on another node goes there.
+    home = await request.app[CLUSTER].home_url(room)
+    if home is not None:
+        raise web.HTTPTemporaryRedirect(f"{home}{request.path_qs}")
     name = request.query.get("name", "").strip()[:NAME_MAX_CHARS]
     if not name:
         name = (

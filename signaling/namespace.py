@@ -17,6 +17,7 @@ import socketio
 
 from server.admission import Entrant, Gate
 from server.auth import SESSION_COOKIE
+from server.cluster import NodePresence, WrongNode
 from server.errors import (
     AlreadyJoined,
     BadRequest,
@@ -70,11 +71,17 @@ class MeetingNamespace(socketio.AsyncNamespace):
     """Signaling for meetings; one instance per node."""
 
     def __init__(
-        self, rooms: Rooms, metrics: Metrics, ice_servers: list[dict[str, Any]], gate: Gate
+        self,
+        rooms: Rooms,
+        metrics: Metrics,
+        ice_servers: list[dict[str, Any]],
+        gate: Gate,
+        cluster: NodePresence,
     ) -> None:
         super().__init__(NAMESPACE)
         self.rooms = rooms
         self.gate = gate
+        self.cluster = cluster
         self.sessions: dict[str, Session] = {}
         self.participant_sids: dict[str, str] = {}
         self.waiting_sids: dict[str, str] = {}
@@ -170,7 +177,7 @@ class MeetingNamespace(socketio.AsyncNamespace):
         if session is None:
             return
         async with session.lock:
-            await self._leave_room(session)
+            await self._leave_room(session, dropped=True)
 
     # -- handlers -----------------------------------------------------------------------------
 
@@ -191,6 +198,11 @@ class MeetingNamespace(socketio.AsyncNamespace):
         entrant = await self.gate.check(
             room_name, session_token=session.session_token, invitation=invitation
         )
+        if room_name not in self.rooms.by_name:
+            # A room's media lives on one node: its home, claimed by the first to open it.
+            home = await self.cluster.home_elsewhere(room_name)
+            if home is not None:
+                raise WrongNode(f"{home.info.url}/r/{room_name}")
         room = self.rooms.get_or_create(room_name, entrant.title, entrant.mode)
         try:
             if room.holds_ticket(ticket, entrant):
@@ -200,6 +212,7 @@ class MeetingNamespace(socketio.AsyncNamespace):
             if not entrant.lobby:
                 return await self._enter(session, room, name, entrant)
             entry = await room.wait_in_lobby(name, entrant)
+            await self.cluster.waiting(room.name, entry)
         finally:
             # A refused entrant must not leave an empty room behind.
             if session.participant is None and session.waiting is None:
@@ -211,7 +224,13 @@ class MeetingNamespace(socketio.AsyncNamespace):
 
     async def _discard_if_unused(self, room: Room) -> None:
         if room.empty:
-            await self.rooms.discard_if_empty(room)
+            await self._close_if_empty(room)
+
+    async def _close_if_empty(self, room: Room) -> None:
+        """Drop a room nobody is in (nor waiting for) and give up its home claim."""
+        await self.rooms.discard_if_empty(room)
+        if self.rooms.by_name.get(room.name) is not room:
+            await self.cluster.release(room.name)
 
     async def _enter(
         self, session: Session, room: Room, name: str, entrant: Entrant
@@ -220,6 +239,7 @@ class MeetingNamespace(socketio.AsyncNamespace):
         first = not room.participants
         others = [p.describe() for p in room.participants.values()]
         participant = await room.join(name, entrant)
+        await self.cluster.entered(participant)
         session.participant = participant
         self.participant_sids[participant.id] = session.sid
         await self.enter_room(session.sid, room.name)
@@ -308,7 +328,9 @@ class MeetingNamespace(socketio.AsyncNamespace):
         await self._leave_room(session)
         return {}
 
-    async def _leave_room(self, session: Session) -> None:
+    async def _leave_room(self, session: Session, dropped: bool = False) -> None:
+        """Take the session's person out of its room (or lobby). `dropped`: the socket went
+        without a goodbye, shown as reconnecting in presence until its time runs out."""
         if session.waiting is not None:
             await self._leave_lobby(session)
         participant = session.participant
@@ -318,6 +340,10 @@ class MeetingNamespace(socketio.AsyncNamespace):
         room = participant.room
         await self.leave_room(session.sid, room.name)
         await room.leave(participant)
+        if dropped:
+            await self.cluster.dropped(participant)
+        else:
+            await self.cluster.gone(room.name, participant.id)
         self.participant_sids.pop(participant.id, None)
         self._metrics.leaves.inc()
         # Two tabs of one person share a stay: it ends when the last of them leaves.
@@ -331,7 +357,7 @@ class MeetingNamespace(socketio.AsyncNamespace):
                     room.name,
                     participant.id,
                 )
-        await self.rooms.discard_if_empty(room)
+        await self._close_if_empty(room)
 
     async def _leave_lobby(self, session: Session) -> None:
         entry, room = session.waiting, session.waiting_room
@@ -340,7 +366,8 @@ class MeetingNamespace(socketio.AsyncNamespace):
             return
         self.waiting_sids.pop(entry.id, None)
         await room.leave_lobby(entry)
-        await self.rooms.discard_if_empty(room)
+        await self.cluster.gone(room.name, entry.id)
+        await self._close_if_empty(room)
 
     # -- host actions -------------------------------------------------------------------------
 
@@ -363,6 +390,7 @@ class MeetingNamespace(socketio.AsyncNamespace):
             await host.room.lobby_changed()
             raise NotFound(f"{entry.id} is no longer waiting")
         waiting.waiting = waiting.waiting_room = None
+        await self.cluster.gone(host.room.name, entry.id)
         # The admitted socket's own lock: a concurrent `leave` of theirs waits for this.
         async with waiting.lock:
             result = await self._enter(waiting, host.room, entry.name, entry.entrant)
@@ -386,6 +414,7 @@ class MeetingNamespace(socketio.AsyncNamespace):
         if waiting is not None and waiting.waiting is entry:
             waiting.waiting = waiting.waiting_room = None
             await self.emit("denied", {"room": host.room.name}, to=waiting.sid)
+        await self.cluster.gone(host.room.name, entry.id)
         log.info("deny room=%s entry=%s by=%s", host.room.name, entry.id, host.id)
         self._metrics.host_actions.labels(action="deny").inc()
         await host.room.lobby_changed()

@@ -22,6 +22,12 @@ FULL_ENV = {
     "GIAOBAN_PUBLIC_URL": "https://hop.tinh.gov.vn",
     "GIAOBAN_DATA_DIR": "/var/lib/giaoban",
     "REDIS_URL": "redis://redis:6379/0",
+    "GIAOBAN_REDIS_PREFIX": "tinh-01:",
+    "GIAOBAN_SITE": "01",
+    "GIAOBAN_NODE_ID": "node-tinh",
+    "GIAOBAN_CAPACITY": "300",
+    "GIAOBAN_HEARTBEAT_INTERVAL": "2.5",
+    "GIAOBAN_NODE_DEAD_AFTER": "12",
     "DATABASE_URL": "postgresql://gb:pw@db/gb",
     "GIAOBAN_ICE_SERVERS": ICE_JSON,
     "GIAOBAN_ICE_HOST_ADDRESSES": " 10.0.0.5, 192.168.1.10 ,,fd00::5 ",
@@ -59,6 +65,9 @@ def test_every_setting_is_parsed() -> None:
     assert config.public_url == "https://hop.tinh.gov.vn"
     assert config.data_dir == Path("/var/lib/giaoban")
     assert config.redis_url == "redis://redis:6379/0"
+    assert config.redis_prefix == "tinh-01:"
+    assert (config.site, config.node_name, config.capacity) == ("01", "node-tinh", 300)
+    assert (config.heartbeat_interval, config.node_dead_after) == (2.5, 12.0)
     assert config.database_url == "postgresql://gb:pw@db/gb"
     assert config.ice_servers == (
         {"urls": ["turn:turn.example.vn:3478"], "username": "u", "credential": "p"},
@@ -250,3 +259,22 @@ def test_config_is_immutable() -> None:
     config = Config.from_env({})
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("GIAOBAN_CAPACITY", "many", "must be a number"),
+        ("GIAOBAN_HEARTBEAT_INTERVAL", "0", "must be positive"),
+        ("GIAOBAN_NODE_DEAD_AFTER", "-3", "must be positive"),
+    ],
+)
+def test_bad_cluster_numbers_are_refused(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config.from_env({variable: value})
+
+
+def test_the_node_name_defaults_to_host_and_port() -> None:
+    import socket
+
+    assert Config(port=8443).node_name == f"{socket.gethostname()}:8443"

@@ -107,8 +107,9 @@ def _tamper_payload(token: str, **changes: Any) -> str:
 
 
 def _flip_last_char(token: str) -> str:
-    # The last base64url character carries the signature's final bits: change it for sure.
-    return token[:-1] + ("A" if token[-1] != "A" else "B")
+    # The last base64url character carries the signature's final 4 bits (its low 2 bits must
+    # be zero): "A" and "E" are both canonical, so the result is a well-formed wrong signature.
+    return token[:-1] + ("A" if token[-1] != "A" else "E")
 
 
 @pytest.mark.parametrize(

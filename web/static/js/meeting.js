@@ -658,6 +658,11 @@ client.on("localmute", () => renderSelf());
 client.on("error", ({ error, action, fatal, pc }) => {
   console.warn("giaoban:", action, error);
   if (!fatal) return; // retried automatically; the connection state shows it
+  if (action === "join" && error.code === "wrong_node" && /^https?:\/\//.test(error.url || "")) {
+    // The meeting runs on another node (it started there meanwhile): continue there.
+    window.location.assign(error.url + window.location.search);
+    return;
+  }
   if (action === "join" && stage === "lobby") setStage("prejoin"); // onJoin shows why
   if (action === "join" && stage === "prejoin") return; // shown next to the join button
   const what = action === "publish" && pc === "screen" ? "share" : action;

@@ -50,6 +50,7 @@ const FATAL_JOIN = new Set([
   "room_ended",
   "room_locked",
   "denied",
+  "wrong_node",
 ]);
 const FATAL_PUBLISH = new Set(["bad_request", "too_large", "forbidden"]);
 
@@ -443,6 +444,7 @@ export class MeetingClient extends EventTarget {
       if (Object.prototype.hasOwnProperty.call(ack, "ok")) return ack.ok ?? {};
       if (ack.error && typeof ack.error === "object") {
         const err = new ProtocolError(String(ack.error.code || "internal"), ack.error.message, event);
+        if (typeof ack.error.url === "string") err.url = ack.error.url; // wrong_node: where to go
         if (err.code === "not_joined" && event !== "join" && event !== "leave" && this._joined) {
           // The node forgot us (for example it restarted behind the same socket): join again.
           queueMicrotask(() => {
