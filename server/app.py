@@ -14,8 +14,10 @@ from server.admission import Gate
 from server.cluster import NodePresence
 from server.config import Config
 from server.errors import StoreError
+from server.integrity import IntegrityCheck
 from server.metrics import Metrics
 from server.presence import make_presence
+from server.recording_control import RecordingControl
 from server.rooms import Rooms
 from server.secret_key import load_secret_key
 from server.sfu.connections import MediaSettings
@@ -39,6 +41,7 @@ SIGNALING = web.AppKey("signaling", MeetingNamespace)
 STATS = web.AppKey("stats", SfuStats)
 DATABASE = web.AppKey("database", Database)
 SECRET_KEY = web.AppKey("secret_key", bytes)
+INTEGRITY = web.AppKey("integrity", IntegrityCheck)
 CLUSTER = web.AppKey("cluster", NodePresence)
 
 FIRST_ADMIN_COMMAND = "giaoban users add admin --role admin"
@@ -119,7 +122,13 @@ def make_app(config: Config) -> web.Application:
         dead_after=config.node_dead_after,
     )
     cluster = NodePresence(presence, config, rooms, stats)
-    namespace = MeetingNamespace(rooms, node_metrics, list(config.ice_servers), gate, cluster)
+    recording = RecordingControl(database, config.data_dir, node_metrics)
+    integrity = IntegrityCheck(
+        database, recording.root, node_metrics, config.verify_interval_hours * 3600
+    )
+    namespace = MeetingNamespace(
+        rooms, node_metrics, list(config.ice_servers), gate, cluster, recording
+    )
     rooms.notifier = namespace
     sio.register_namespace(namespace)
     sio.attach(app)
@@ -132,11 +141,13 @@ def make_app(config: Config) -> web.Application:
     app[DATABASE] = database
     app[SECRET_KEY] = secret_key
     app[CLUSTER] = cluster
+    app[INTEGRITY] = integrity
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
 
     from server.api import setup_api
+    from server.archive_pages import setup_archive_pages
     from server.attendance_pages import setup_attendance_pages
     from server.auth import setup_auth
     from server.dashboard_pages import setup_dashboard_pages
@@ -151,6 +162,7 @@ def make_app(config: Config) -> web.Application:
     setup_attendance_pages(app)  # /rooms/{slug}/attendance: report and CSV (hosts)
     setup_site_pages(app)  # /admin/sites: the site tree, CSV import (admins)
     setup_dashboard_pages(app)  # /dashboard: live sites and rooms (admins, hosts)
+    setup_archive_pages(app)  # /archive: recordings, player, access log, retention
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         try:
@@ -178,7 +190,12 @@ def make_app(config: Config) -> web.Application:
                 "(chưa có tài khoản quản trị: hãy tạo bằng lệnh trên)",
                 FIRST_ADMIN_COMMAND,
             )
+        try:
+            await recording.recover()
+        except SQLAlchemyError:
+            log.exception("recordings cut off by the last stop not recovered")
         await cluster.start()
+        integrity.start()
         if config.redis_url:
             state = "registered" if cluster.healthy else "not reachable yet, retrying"
             log.info(
@@ -189,6 +206,8 @@ def make_app(config: Config) -> web.Application:
         try:
             await rooms.close()
             await sio.shutdown()
+            await integrity.close()
+            await recording.close()
             await cluster.close()
         finally:
             await database.close()

@@ -70,6 +70,10 @@ SETTINGS: dict[str, Setting] = {
         "GIAOBAN_TLS_SELF_SIGNED",
         "1: serve HTTPS with a self-signed certificate made on first start (LAN use)",
     ),
+    "verify_interval_hours": Setting(
+        "GIAOBAN_VERIFY_INTERVAL_HOURS",
+        "hours between scheduled checksum checks of the recordings (default 24; 0: never)",
+    ),
     "secret_key": Setting(
         "GIAOBAN_SECRET_KEY",
         "key that signs invitation links (default: made on first start in DATA_DIR/secret_key; "
@@ -110,6 +114,7 @@ class Config:
     capacity: int = 200
     heartbeat_interval: float = 5.0
     node_dead_after: float = 15.0
+    verify_interval_hours: float = 24.0
     database_url: str | None = None
     ice_servers: tuple[dict[str, Any], ...] = ()
     ice_host_addresses: tuple[str, ...] = ()
@@ -153,6 +158,7 @@ class Config:
             ("capacity", int),
             ("heartbeat_interval", float),
             ("node_dead_after", float),
+            ("verify_interval_hours", float),
         ):
             if isinstance(values.get(key), str):
                 try:
@@ -161,7 +167,7 @@ class Config:
                     raise ConfigError(
                         f"{SETTINGS[key].env} must be a number, not {values[key]!r}"
                     ) from None
-                if values[key] <= 0:
+                if values[key] < 0 or (values[key] == 0 and key != "verify_interval_hours"):
                     raise ConfigError(f"{SETTINGS[key].env} must be positive")
         if isinstance(values.get("ice_servers"), str):
             values["ice_servers"] = _ice_servers(values["ice_servers"])

@@ -93,6 +93,22 @@ class Metrics:
         self.lobby_waits = Counter(
             "giaoban_lobby_waits", "Entrants put in a room's lobby", registry=self.registry
         )
+        self.recordings = Counter(
+            "giaoban_recordings",
+            "Recordings started, stopped and failed",
+            ["event"],
+            registry=self.registry,
+        )
+        self.integrity_checks = Counter(
+            "giaoban_integrity_checks",
+            "Recordings re-verified by the scheduled checksum check",
+            registry=self.registry,
+        )
+        self.integrity_mismatches = Counter(
+            "giaoban_integrity_mismatches",
+            "Recording files found missing or changed by the scheduled checksum check",
+            registry=self.registry,
+        )
         self.host_actions = Counter(
             "giaoban_host_actions",
             "Host actions carried out, by action",

@@ -27,6 +27,14 @@ MAX_UP_CONNECTIONS = 4
 SPEAKER_INTERVAL = 0.25
 
 
+class TrackObserver(Protocol):
+    """Told when tracks come and go in a room (the room's recorder)."""
+
+    def track_added(self, participant: Participant, track: UpTrack) -> None: ...
+
+    def track_removed(self, track: UpTrack) -> None: ...
+
+
 class Notifier(Protocol):
     """How a room tells participants what happened (the signaling layer implements it)."""
 
@@ -130,6 +138,7 @@ class Room:
         self.hands: dict[str, float] = {}
         self.floor: str | None = None  # who has been given the floor
         self.spotlight: str | None = None
+        self.recorder: TrackObserver | None = None  # set while the room is being recorded
         # ticket -> the entrant it was given to; kept while the room is live on this node.
         self._tickets: dict[str, Entrant] = {}
         self._settings = settings
@@ -214,6 +223,7 @@ class Room:
             "locked": self.locked,
             "floor": self.floor,
             "spotlight": self.spotlight,
+            "recording": self.recorder is not None,
         }
 
     def may_speak(self, participant: Participant) -> bool:
@@ -317,6 +327,8 @@ class Room:
             for other in self.participants.values():
                 if other is not participant and other.down is not None:
                     other.down.add(track)
+            if self.recorder is not None:
+                self.recorder.track_added(participant, track)
             await self._notifier.to_room(
                 self.name, "track_added", track.describe(), skip=participant.id
             )
@@ -359,6 +371,8 @@ class Room:
     def _withdraw(self, conn: UpConnection) -> list[UpTrack]:
         tracks = list(conn.tracks.values())
         for track in tracks:
+            if self.recorder is not None:
+                self.recorder.track_removed(track)
             for other in self.participants.values():
                 if other.down is not None:
                     other.down.remove(track)

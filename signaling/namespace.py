@@ -29,6 +29,7 @@ from server.errors import (
     UnknownEvent,
 )
 from server.metrics import Metrics
+from server.recording_control import RecordingControl
 from server.room import SPEAKING_SOURCES, LobbyEntry, Participant, Room
 from server.rooms import Rooms
 from signaling import messages
@@ -77,11 +78,13 @@ class MeetingNamespace(socketio.AsyncNamespace):
         ice_servers: list[dict[str, Any]],
         gate: Gate,
         cluster: NodePresence,
+        recording: RecordingControl,
     ) -> None:
         super().__init__(NAMESPACE)
         self.rooms = rooms
         self.gate = gate
         self.cluster = cluster
+        self.recording = recording
         self.sessions: dict[str, Session] = {}
         self.participant_sids: dict[str, str] = {}
         self.waiting_sids: dict[str, str] = {}
@@ -115,6 +118,8 @@ class MeetingNamespace(socketio.AsyncNamespace):
             "lower_hand": self._lower_hand,
             "grant_floor": self._grant_floor,
             "revoke_floor": self._revoke_floor,
+            "start_recording": self._start_recording,
+            "stop_recording": self._stop_recording,
         }
         self._handlers.update(chat_handlers(self))
 
@@ -228,6 +233,11 @@ class MeetingNamespace(socketio.AsyncNamespace):
 
     async def _close_if_empty(self, room: Room) -> None:
         """Drop a room nobody is in (nor waiting for) and give up its home claim."""
+        if room.empty and room.recorder is not None:
+            try:
+                await self.recording.stop(room, None)
+            except Exception:
+                log.exception("room=%s: recording not stopped cleanly", room.name)
         await self.rooms.discard_if_empty(room)
         if self.rooms.by_name.get(room.name) is not room:
             await self.cluster.release(room.name)
@@ -240,6 +250,11 @@ class MeetingNamespace(socketio.AsyncNamespace):
         others = [p.describe() for p in room.participants.values()]
         participant = await room.join(name, entrant)
         await self.cluster.entered(participant)
+        if first:
+            try:
+                await self.recording.room_live(room)
+            except Exception:
+                log.exception("room=%s: the cut-off recording did not resume", room.name)
         session.participant = participant
         self.participant_sids[participant.id] = session.sid
         await self.enter_room(session.sid, room.name)
@@ -528,6 +543,20 @@ class MeetingNamespace(socketio.AsyncNamespace):
         await host.room.revoke_floor(host)
         self._counted("revoke_floor")
         return host.room.describe()
+
+    async def _start_recording(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(session)
+        recording_id = await self.recording.start(host.room, host)
+        self._counted("start_recording")
+        await self.to_room(host.room.name, "room_updated", host.room.describe())
+        return {"recording_id": recording_id, **host.room.describe()}
+
+    async def _stop_recording(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(session)
+        recording_id = await self.recording.stop(host.room, host)
+        self._counted("stop_recording")
+        await self.to_room(host.room.name, "room_updated", host.room.describe())
+        return {"recording_id": recording_id, **host.room.describe()}
 
     async def _end(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
         host = self._host(session)

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiortc import RTCRtpReceiver, clock
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -24,6 +24,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AudioLevelSink = Callable[[str, int, bool], None]  # (participant id, -dBov level, voice)
+
+
+class PacketSink(Protocol):
+    """Something besides subscribers that takes a track's packets as published (a recorder).
+
+    It gets each packet once (duplicates and RTX already resolved), in arrival order, with the
+    publisher's own header; it must be quick and never raise."""
+
+    def write_packet(self, packet: RtpPacket) -> None: ...
 
 
 @dataclass(slots=True)
@@ -68,6 +77,7 @@ class UpTrack:
         self.closed = False
         self.media_ssrc: int | None = None
         self.down_tracks: list[DownTrack] = []
+        self.sinks: list[PacketSink] = []
         self._receiver = receiver
         self._stats = stats
         self._on_audio_level = on_audio_level
@@ -98,7 +108,11 @@ class UpTrack:
         level = packet.extensions.audio_level
         if level is not None and self._on_audio_level is not None and not self.muted:
             self._on_audio_level(self.participant_id, level[1], level[0])
-        if self.muted or not self.down_tracks:
+        if self.muted:
+            return
+        for sink in self.sinks:
+            sink.write_packet(packet)
+        if not self.down_tracks:
             return
         ntp = clock.current_ntp_time()
         out = Outgoing(
@@ -121,6 +135,15 @@ class UpTrack:
 
     def attach(self, down: DownTrack) -> None:
         self.down_tracks.append(down)
+
+    def add_sink(self, sink: PacketSink) -> None:
+        """Start giving packets to `sink`; video starts at a keyframe asked for now."""
+        self.sinks.append(sink)
+        self.request_keyframe()
+
+    def remove_sink(self, sink: PacketSink) -> None:
+        if sink in self.sinks:
+            self.sinks.remove(sink)
 
     def detach(self, down: DownTrack) -> None:
         if down in self.down_tracks:

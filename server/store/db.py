@@ -80,7 +80,10 @@ def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
 
 
 def _sqlite_begin(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN")
+    # IMMEDIATE: a transaction takes the write lock when it starts, waiting its turn (the
+    # driver's 5 s busy timeout). A deferred one that read first and writes later fails at
+    # once with "database is locked" when another writer committed meanwhile (WAL snapshot).
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _reason(exc: BaseException) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -275,3 +275,164 @@ class ChatMessage(Base):
     to_hosts: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     text: Mapped[str] = mapped_column(String(2000))
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class RecordingState(enum.StrEnum):
+    """recording → (interrupted → recording)* → processing → ready | failed."""
+
+    RECORDING = "recording"
+    INTERRUPTED = "interrupted"
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class AccessLevel(enum.StrEnum):
+    """The archival access level (mức độ tiếp cận) of a recording."""
+
+    INTERNAL = "internal"
+    RESTRICTED = "restricted"
+    CONFIDENTIAL = "confidential"
+
+
+class RecordingFileKind(enum.StrEnum):
+    TRACK = "track"  # one published track, remuxed as it arrived
+    COMPOSITE = "composite"  # the grid of every track made after the meeting
+
+
+class MediaKind(enum.StrEnum):
+    AUDIO = "audio"
+    VIDEO = "video"
+
+
+class RecordingAction(enum.StrEnum):
+    VIEW = "view"
+    DOWNLOAD = "download"
+    VERIFY = "verify"
+    DELETE = "delete"
+    METADATA = "metadata"
+
+
+# Recording and interrupted recordings are still going on: at most one per room (the partial
+# unique index holds when two nodes or workers start one at the same time).
+ACTIVE_RECORDING = "state IN ('recording', 'interrupted')"
+
+
+class Recording(Base):
+    """The archive record of one recorded session of a room, with its files.
+
+    Title, chair unit and participating sites are kept as they were then, so later renames do
+    not rewrite the record. `keywords` is a JSON list of strings; `participating_sites` a JSON
+    list of {"code", "name"}; `search_text` is derived from title, record code and keywords
+    (server/recordings.py writes it) so that search is the same on both databases."""
+
+    __tablename__ = "recordings"
+    __table_args__ = (
+        CheckConstraint("processing_progress BETWEEN 0 AND 100", name="processing_progress_range"),
+        CheckConstraint("segments >= 1", name="segments_positive"),
+        sa.Index(
+            "uq_recordings_active_room_id",
+            "room_id",
+            unique=True,
+            sqlite_where=sa.text(ACTIVE_RECORDING),
+            postgresql_where=sa.text(ACTIVE_RECORDING),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    room_id: Mapped[int] = mapped_column(ForeignKey("rooms.id", ondelete="CASCADE"), index=True)
+    title: Mapped[str] = mapped_column(String(200))
+    chair_site_code: Mapped[str | None] = mapped_column(String(32))
+    chair_site_name: Mapped[str | None] = mapped_column(String(200))
+    started_by_account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("accounts.id", ondelete="SET NULL")
+    )
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    state: Mapped[RecordingState] = mapped_column(_enum(RecordingState, "recording_state"))
+    failure_reason: Mapped[str | None] = mapped_column(sa.Text())
+    processing_progress: Mapped[int] = mapped_column(default=0, server_default="0")
+    record_code: Mapped[str | None] = mapped_column(String(64), unique=True)
+    retention_until: Mapped[date | None] = mapped_column(sa.Date())
+    access_level: Mapped[AccessLevel] = mapped_column(
+        _enum(AccessLevel, "access_level"),
+        default=AccessLevel.INTERNAL,
+        server_default=AccessLevel.INTERNAL.value,
+    )
+    keywords: Mapped[str] = mapped_column(sa.Text(), default="[]", server_default="[]")
+    participating_sites: Mapped[str] = mapped_column(sa.Text(), default="[]", server_default="[]")
+    search_text: Mapped[str] = mapped_column(sa.Text(), default="", server_default="")
+    segments: Mapped[int] = mapped_column(default=1, server_default="1")
+
+    room: Mapped[RoomRecord] = relationship(lazy="raise")
+    started_by: Mapped[Account | None] = relationship(lazy="raise")
+    files: Mapped[list[RecordingFile]] = relationship(
+        lazy="raise",
+        cascade="all, delete-orphan",
+        back_populates="recording",
+        order_by="(RecordingFile.segment, RecordingFile.id)",
+    )
+
+    @property
+    def duration(self) -> timedelta | None:
+        """From start to stop; None while it is still going on."""
+        return None if self.stopped_at is None else self.stopped_at - self.started_at
+
+    def __repr__(self) -> str:
+        return f"Recording(id={self.id!r}, room_id={self.room_id!r}, state={self.state!r})"
+
+
+class RecordingFile(Base):
+    """One file of a recording, `path` relative to the data directory's recordings/ folder.
+
+    Track files carry who and what was recorded; the composite carries none of it. `sha256`,
+    `size_bytes` and `closed_at` are set once, when the file is closed."""
+
+    __tablename__ = "recording_files"
+    __table_args__ = (CheckConstraint("segment >= 1", name="segment_positive"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recording_id: Mapped[int] = mapped_column(
+        ForeignKey("recordings.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[RecordingFileKind] = mapped_column(_enum(RecordingFileKind, "recording_file_kind"))
+    segment: Mapped[int] = mapped_column(default=1)
+    track_id: Mapped[str | None] = mapped_column(String(64))
+    participant_name: Mapped[str | None] = mapped_column(String(200))
+    site_code: Mapped[str | None] = mapped_column(String(32))
+    site_name: Mapped[str | None] = mapped_column(String(200))
+    media_kind: Mapped[MediaKind | None] = mapped_column(_enum(MediaKind, "media_kind"))
+    codec: Mapped[str | None] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(500), unique=True)
+    size_bytes: Mapped[int | None] = mapped_column(sa.BigInteger())
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    duration_seconds: Mapped[float | None] = mapped_column(sa.Float())
+    # Wall-clock time of the file's first frame: lines tracks up with each other for the
+    # composite (the files' own timestamps start at 0).
+    media_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    recording: Mapped[Recording] = relationship(lazy="raise", back_populates="files")
+
+
+class RecordingAccess(Base):
+    """One view, download, verification, metadata change or deletion of a recording.
+
+    The entry outlives the recording (a deletion is logged too): `recording_id` becomes NULL
+    then, and the title and record code kept here still say which recording it was."""
+
+    __tablename__ = "recording_access"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recording_id: Mapped[int | None] = mapped_column(
+        ForeignKey("recordings.id", ondelete="SET NULL"), index=True
+    )
+    recording_title: Mapped[str] = mapped_column(String(200))
+    record_code: Mapped[str | None] = mapped_column(String(64))
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"))
+    action: Mapped[RecordingAction] = mapped_column(_enum(RecordingAction, "recording_action"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    address: Mapped[str] = mapped_column(String(64), default="")
+
+    account: Mapped[Account | None] = relationship(lazy="raise")

@@ -91,8 +91,11 @@ async def test_migrations_apply_to_an_empty_database(db_config: Config) -> None:
                 "api_tokens",
                 "attendance",
                 "chat_messages",
+                "recordings",
+                "recording_files",
+                "recording_access",
             }
-            assert await conn.run_sync(_revision) == HEAD == "0003"
+            assert await conn.run_sync(_revision) == HEAD == "0004"
     finally:
         await database.close()
 

@@ -29,7 +29,12 @@ class NodeProcess:
     """One node on 127.0.0.1 with its own id and site, sharing a data dir and a Redis."""
 
     def __init__(
-        self, node_id: str, site: str, data_dir: Path, redis_url: str, prefix: str
+        self,
+        node_id: str,
+        site: str,
+        data_dir: Path,
+        redis_url: str | None = None,
+        prefix: str = "giaoban:",
     ) -> None:
         self.node_id = node_id
         self.site = site
@@ -42,23 +47,26 @@ class NodeProcess:
             "GIAOBAN_PUBLIC_URL": self.url,
             "GIAOBAN_NODE_ID": node_id,
             "GIAOBAN_ICE_HOST_ADDRESSES": "127.0.0.1",
-            "REDIS_URL": redis_url,
             "GIAOBAN_REDIS_PREFIX": prefix,
             # Fast enough for a test: a dead node is noticed in 3 s, its people gone in 2 s.
             "GIAOBAN_HEARTBEAT_INTERVAL": "1",
             "GIAOBAN_NODE_DEAD_AFTER": "3",
             "GIAOBAN_LOG_LEVEL": "INFO",
         }
-        for variable in ("DATABASE_URL", "GIAOBAN_ICE_SERVERS", "GIAOBAN_SECRET_KEY"):
+        for variable in ("DATABASE_URL", "GIAOBAN_ICE_SERVERS", "GIAOBAN_SECRET_KEY", "REDIS_URL"):
             self.env.pop(variable, None)
+        if redis_url is not None:  # else the embedded default: presence in the process
+            self.env["REDIS_URL"] = redis_url
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        """Start and return once /healthz answers (polled with a deadline)."""
+    def start(self, port: int | None = None) -> None:
+        """Start (again, on `port` if given) and return once /healthz answers (polled)."""
+        if port is not None:
+            self.port = port
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [

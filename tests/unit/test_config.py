@@ -28,6 +28,7 @@ FULL_ENV = {
     "GIAOBAN_CAPACITY": "300",
     "GIAOBAN_HEARTBEAT_INTERVAL": "2.5",
     "GIAOBAN_NODE_DEAD_AFTER": "12",
+    "GIAOBAN_VERIFY_INTERVAL_HOURS": "0",
     "DATABASE_URL": "postgresql://gb:pw@db/gb",
     "GIAOBAN_ICE_SERVERS": ICE_JSON,
     "GIAOBAN_ICE_HOST_ADDRESSES": " 10.0.0.5, 192.168.1.10 ,,fd00::5 ",
@@ -68,6 +69,7 @@ def test_every_setting_is_parsed() -> None:
     assert config.redis_prefix == "tinh-01:"
     assert (config.site, config.node_name, config.capacity) == ("01", "node-tinh", 300)
     assert (config.heartbeat_interval, config.node_dead_after) == (2.5, 12.0)
+    assert config.verify_interval_hours == 0.0  # 0 turns the scheduled check off
     assert config.database_url == "postgresql://gb:pw@db/gb"
     assert config.ice_servers == (
         {"urls": ["turn:turn.example.vn:3478"], "username": "u", "credential": "p"},

@@ -28,6 +28,8 @@ const ui = {
   lobbyList: $("lobby-list"),
   lobbyCount: $("lobby-count"),
   toggleLock: $("toggle-lock"),
+  toggleRecording: $("toggle-recording"),
+  recIndicator: $("rec-indicator"),
   endAll: $("end-all"),
   raiseHand: $("raise-hand"),
   muteAll: $("mute-all"),
@@ -773,7 +775,33 @@ async function toggleHand() {
   }
 }
 
+function renderRecording() {
+  const on = !!client.roomInfo?.recording;
+  ui.recIndicator.hidden = !on;
+  body.dataset.recording = String(on);
+  ui.toggleRecording.hidden = !isHost();
+  ui.toggleRecording.setAttribute("aria-pressed", String(on));
+  const key = on ? "recording.stop" : "recording.start";
+  setText(ui.toggleRecording.querySelector(".ctrl-label"), key);
+  ui.toggleRecording.setAttribute("aria-label", t(key));
+  ui.toggleRecording.title = t(key);
+}
+
+async function toggleRecording() {
+  ui.toggleRecording.disabled = true;
+  try {
+    const info = await client.setRecording(!client.roomInfo?.recording);
+    client.roomInfo = { ...client.roomInfo, ...info };
+    renderRecording();
+  } catch (err) {
+    toast(errorText(err, "recording"));
+  } finally {
+    ui.toggleRecording.disabled = false;
+  }
+}
+
 function renderHostTools() {
+  renderRecording();
   const host = isHost();
   ui.muteAll.hidden = !host;
   const locked = !!client.roomInfo?.locked;
@@ -1011,6 +1039,7 @@ function init() {
   ui.closeSide.addEventListener("click", () => setSide(false));
   ui.leave.addEventListener("click", onLeave);
   ui.toggleLock.addEventListener("click", toggleLock);
+  ui.toggleRecording.addEventListener("click", toggleRecording);
   ui.endAll.addEventListener("click", endForAll);
   ui.raiseHand.addEventListener("click", toggleHand);
   ui.muteAll.addEventListener("click", () => hostAction("mute_all", ui.muteAll, () => client.muteAll()));

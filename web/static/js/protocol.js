@@ -359,6 +359,11 @@ export class MeetingClient extends EventTarget {
     return this.request("grant_floor", { participant_id: participantId });
   }
 
+  /** Hosts: start or stop recording the room (everyone sees that it is recorded). */
+  setRecording(on) {
+    return this.request(on ? "start_recording" : "stop_recording", {});
+  }
+
   /** Hosts: take the floor back. */
   revokeFloor() {
     return this.request("revoke_floor", {});
@@ -650,6 +655,7 @@ export class MeetingClient extends EventTarget {
       locked: !!res.locked,
       floor: res.floor ?? null,
       spotlight: res.spotlight ?? null,
+      recording: !!res.recording,
     };
     this.waiting = Array.isArray(res.waiting) ? res.waiting : [];
     this.hands = Array.isArray(res.hands) ? res.hands : [];
