@@ -38,6 +38,7 @@ from server.api_tokens import account_for_api_token
 from server.auth import current_account
 from server.errors import (
     BadRequest,
+    Conflict,
     Forbidden,
     NotFound,
     RoomEnded,
@@ -313,6 +314,31 @@ async def post_room_end(request: web.Request) -> web.Response:
     return json_response(shown)
 
 
+async def post_room_recording(request: web.Request) -> web.Response:
+    """``POST /api/v1/rooms/{slug}/recording``: start or stop recording the live meeting (its
+    hosts). The meeting must be live on this node (409 otherwise)."""
+    from server.app import RECORDING, ROOMS, SIGNALING  # here: server.app imports this module
+
+    who = await caller(request)
+    async with _database(request).session() as db:
+        room, role = await _visible_room(request, db, who.account)
+    if role != "host":
+        raise Forbidden("only the room's hosts may start or stop its recording")
+    wanted = await body(request, m.RecordingChange)
+    live = request.app[ROOMS].by_name.get(room.slug)
+    if live is None or not live.participants:
+        raise Conflict(f"the meeting of room {room.slug!r} is not live on this node")
+    control = request.app[RECORDING]
+    if wanted.action == "start":
+        recording_id = await control.start(live, who.account.id, str(who))
+    else:
+        recording_id = await control.stop(live, str(who))
+    await request.app[SIGNALING].to_room(live.name, "room_updated", live.describe())
+    log.info("api: recording %s room=%s by %s", wanted.action, room.slug, who)
+    status = m.RecordingStatus(recording=live.recorder is not None, recording_id=recording_id)
+    return json_response(status.model_dump())
+
+
 async def post_invitation(request: web.Request) -> web.Response:
     """``POST /api/v1/rooms/{slug}/invitations``: mint an invitation link (hosts); 201."""
     from server.app import SECRET_KEY  # here: server.app imports this module
@@ -432,6 +458,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "End the meeting for everyone (its hosts); ending twice is no error",
         response=m.Room,
         errors=(401, 403, 404),
+    ),
+    Endpoint(
+        "POST",
+        f"{PREFIX}/rooms/{{slug}}/recording",
+        post_room_recording,
+        "Start or stop recording the room's live meeting (its hosts)",
+        body=m.RecordingChange,
+        response=m.RecordingStatus,
+        errors=(*BODY_ERRORS, 403, 404, 409),
     ),
     Endpoint(
         "POST",

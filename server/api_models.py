@@ -151,6 +151,19 @@ class Invitation(BaseModel):
     site: str | None
 
 
+class RecordingChange(_Request):
+    """Start or stop recording the room's live meeting."""
+
+    action: Literal["start", "stop"]
+
+
+class RecordingStatus(BaseModel):
+    """Whether the room's live meeting is being recorded now, and which recording."""
+
+    recording: bool
+    recording_id: int
+
+
 class Me(BaseModel):
     """The account the request acts for."""
 

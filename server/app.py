@@ -42,6 +42,7 @@ STATS = web.AppKey("stats", SfuStats)
 DATABASE = web.AppKey("database", Database)
 SECRET_KEY = web.AppKey("secret_key", bytes)
 INTEGRITY = web.AppKey("integrity", IntegrityCheck)
+RECORDING = web.AppKey("recording", RecordingControl)
 CLUSTER = web.AppKey("cluster", NodePresence)
 
 FIRST_ADMIN_COMMAND = "giaoban users add admin --role admin"
@@ -142,6 +143,7 @@ def make_app(config: Config) -> web.Application:
     app[SECRET_KEY] = secret_key
     app[CLUSTER] = cluster
     app[INTEGRITY] = integrity
+    app[RECORDING] = recording
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -21,7 +21,7 @@ from recording.recorder import RoomRecorder, TrackFile
 from server import recordings
 from server.errors import Conflict
 from server.metrics import Metrics
-from server.room import Participant, Room
+from server.room import Room
 from server.store.db import Database
 from server.store.models import Recording, RecordingFile, RecordingState
 
@@ -284,25 +284,21 @@ class RecordingControl:
         active = self._active.get(room)
         return active[0] if active else None
 
-    async def start(self, room: Room, by: Participant) -> int:
-        """Start recording `room` now; Conflict when it already is."""
+    async def start(self, room: Room, by_account_id: int | None, by: str) -> int:
+        """Start recording `room` now (`by` names who, for the log); Conflict when it already
+        is."""
         if room.name in self._active or room.recorder is not None:
             raise Conflict("the room is already being recorded")
-        entrant = by.entrant
         async with self._database.session() as db, db.begin():
-            record = await recordings.start_recording(
-                db,
-                room.name,
-                by_account_id=entrant.account_id if entrant else None,
-            )
+            record = await recordings.start_recording(db, room.name, by_account_id=by_account_id)
             recording_id = record.id
         self._resume.pop(room.name, None)
         self._attach(room, recording_id, 1)
         self._metrics.recordings.labels(event="started").inc()
-        log.info("recording started room=%s recording=%d by=%s", room.name, recording_id, by.id)
+        log.info("recording started room=%s recording=%d by=%s", room.name, recording_id, by)
         return recording_id
 
-    async def stop(self, room: Room, by: Participant | None) -> int:
+    async def stop(self, room: Room, by: str) -> int:
         """Stop recording `room`: every file closed and catalogued; Conflict when it is not."""
         active = self._active.pop(room.name, None)
         if active is None:
@@ -327,6 +323,6 @@ class RecordingControl:
             "recording stopped room=%s recording=%d by=%s",
             room.name,
             recording_id,
-            by.id if by else "the node",
+            by,
         )
         return recording_id

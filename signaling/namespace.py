@@ -235,7 +235,7 @@ class MeetingNamespace(socketio.AsyncNamespace):
         """Drop a room nobody is in (nor waiting for) and give up its home claim."""
         if room.empty and room.recorder is not None:
             try:
-                await self.recording.stop(room, None)
+                await self.recording.stop(room, "the node (the meeting emptied)")
             except Exception:
                 log.exception("room=%s: recording not stopped cleanly", room.name)
         await self.rooms.discard_if_empty(room)
@@ -546,14 +546,15 @@ class MeetingNamespace(socketio.AsyncNamespace):
 
     async def _start_recording(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
         host = self._host(session)
-        recording_id = await self.recording.start(host.room, host)
+        account_id = host.entrant.account_id if host.entrant else None
+        recording_id = await self.recording.start(host.room, account_id, f"participant {host.id}")
         self._counted("start_recording")
         await self.to_room(host.room.name, "room_updated", host.room.describe())
         return {"recording_id": recording_id, **host.room.describe()}
 
     async def _stop_recording(self, session: Session, data: dict[str, Any]) -> dict[str, Any]:
         host = self._host(session)
-        recording_id = await self.recording.stop(host.room, host)
+        recording_id = await self.recording.stop(host.room, f"participant {host.id}")
         self._counted("stop_recording")
         await self.to_room(host.room.name, "room_updated", host.room.describe())
         return {"recording_id": recording_id, **host.room.describe()}

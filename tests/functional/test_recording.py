@@ -104,3 +104,48 @@ async def test_a_host_records_each_track_into_its_own_file(node) -> None:  # typ
     finally:
         await host.close()
         await member.close()
+
+
+async def test_recording_through_the_rest_api(node) -> None:  # type: ignore[no-untyped-def]
+    from server.accounts import find_account
+    from server.api_tokens import create_api_token
+
+    await node.schedule("ghi-api")  # hosted by the test host account "chu-tri"
+    await node.account("thanh-vien", "member")
+    async with node.app[DATABASE].session() as db, db.begin():
+        _, host_token = await create_api_token(db, await find_account(db, "chu-tri"), "lịch")
+        _, member_token = await create_api_token(db, await find_account(db, "thanh-vien"), "x")
+    url = f"{node.url}/api/v1/rooms/ghi-api/recording"
+
+    async def call(token: str, action: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            aiohttp.ClientSession(headers=headers) as http,
+            http.post(url, json={"action": action}) as response,
+        ):
+            return response.status, await response.json()
+
+    status, answer = await call(host_token, "start")
+    assert status == 409 and "not live" in answer["error"]["message"]  # nobody in it yet
+
+    member = Peer(node.url, "UBND xã Tây")
+    try:
+        await member.connect()
+        await member.join("ghi-api", await node.invite("ghi-api"))
+        await member.publish([BarcodeVideoTrack(fps=20)])
+        status, answer = await call(member_token, "start")
+        # Not invited: the room does not exist for this account (as in every room endpoint).
+        assert status == 404 and answer["error"]["code"] == "not_found"
+        status, answer = await call(host_token, "start")
+        assert status == 200 and answer["recording"] is True
+        await member.wait_event("room_updated", lambda r: r["recording"] is True)
+        status, again = await call(host_token, "stop")
+        assert status == 200 and again == {
+            "recording": False,
+            "recording_id": answer["recording_id"],
+        }
+        await member.wait_event("room_updated", lambda r: r["recording"] is False)
+        status, answer = await call(host_token, "stop")
+        assert status == 409 and answer["error"]["code"] == "conflict"
+    finally:
+        await member.close()
