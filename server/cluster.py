@@ -217,9 +217,9 @@ class NodePresence:
             winner = await self.presence.claim_home(room, self.node_id)
             if winner == self.node_id:
                 return None
-            for record in await self.presence.nodes():
-                if record.info.node_id == winner and record.alive:
-                    return record
+            record = await self._live_node(winner)
+            if record is not None:
+                return record
         except Exception as exc:
             log.warning("room=%s: home not claimed (%s); serving it here", room, exc)
             return None
@@ -232,11 +232,17 @@ class NodePresence:
             home = await self.presence.home_of(room)
             if home is None or home == self.node_id:
                 return None
-            for record in await self.presence.nodes():
-                if record.info.node_id == home and record.alive:
-                    return record.info.url
+            record = await self._live_node(home)
+            if record is not None:
+                return record.info.url
         except Exception as exc:
             log.warning("room=%s: home not looked up: %s", room, exc)
+        return None
+
+    async def _live_node(self, node_id: str) -> NodeRecord | None:
+        for record in await self.presence.nodes():
+            if record.info.node_id == node_id and record.alive:
+                return record
         return None
 
     async def release(self, room: str) -> None:

@@ -221,15 +221,11 @@ class MeetingNamespace(socketio.AsyncNamespace):
         finally:
             # A refused entrant must not leave an empty room behind.
             if session.participant is None and session.waiting is None:
-                await self._discard_if_unused(room)
+                await self._close_if_empty(room)
         session.waiting, session.waiting_room = entry, room
         self.waiting_sids[entry.id] = session.sid
         self._metrics.lobby_waits.inc()
         return {"lobby": True, "entry_id": entry.id, **room.describe(), "role": entrant.role}
-
-    async def _discard_if_unused(self, room: Room) -> None:
-        if room.empty:
-            await self._close_if_empty(room)
 
     async def _close_if_empty(self, room: Room) -> None:
         """Drop a room nobody is in (nor waiting for) and give up its home claim."""
