@@ -56,6 +56,9 @@ class RecordedParticipant(Protocol):
     id: str
     name: str
 
+    @property
+    def site_code(self) -> str | None: ...
+
 
 @dataclass(frozen=True)
 class TrackFile:
@@ -128,13 +131,12 @@ class RoomRecorder:
             clock_rate=getattr(codec, "clockRate", 90000),
             channels=getattr(codec, "channels", None) or 2,
         )
-        entrant = getattr(participant, "entrant", None)
         file = TrackFile(
             path=path,
             track_id=track.id,
             participant_id=participant.id,
             participant_name=participant.name,
-            site=getattr(entrant, "site_code", None),
+            site=participant.site_code,
             kind=track.kind,
             codec=mime,
         )
@@ -143,6 +145,15 @@ class RoomRecorder:
         self._file_ids[track.id] = asyncio.ensure_future(self._catalogue.file_opened(file))
         track.add_sink(sink)
         log.info("recording room=%s: track=%s into %s", self.room, track.id, path.name)
+
+    def recorded_seconds(self, kind: str = "video") -> float:
+        """Media time written so far of the `kind` track with the least (0 with none)."""
+        durations = [
+            sink.writer.result().duration
+            for sink, track, _file in self._writers.values()
+            if track.kind == kind
+        ]
+        return min(durations, default=0.0)
 
     def track_removed(self, track: RecordedTrack) -> None:
         entry = self._writers.pop(track.id, None)

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from server.attendance import close_open_stays, record_entry, record_exit
 from server.auth import account_for_session_token
 from server.errors import Forbidden, RoomEnded, Unauthenticated
-from server.invitations import verify_invitation
+from server.invitations import verify_invitation, verify_recorder_pass
 from server.room_records import (
     add_removal,
     end_room,
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 HOST = "host"
 MEMBER = "member"
 GUEST = "guest"
+RECORDER = "recorder"
 _RANK = {GUEST: 0, MEMBER: 1, HOST: 2}
 
 
@@ -52,6 +53,7 @@ class Entrant:
     name: str | None
     site_code: str | None
     site_name: str | None
+    recording_id: int | None = None  # a recorder's: the recording it writes
 
     @property
     def is_host(self) -> bool:
@@ -107,6 +109,28 @@ class Gate:
             name=(account.display_name if account is not None else invite.name if invite else None),
             site_code=site.code if site is not None else (invite.site if invite else None),
             site_name=site.name if site is not None else None,
+        )
+
+    async def check_recorder(self, slug: str, recorder_pass: str) -> Entrant:
+        """The hidden recorder a recording worker's pass makes of `slug`; InvalidToken,
+        NotFound or RoomEnded otherwise (which recording is going on is the node's check)."""
+        grant = verify_recorder_pass(self._key, recorder_pass, room=slug)
+        async with self._database.session() as db:
+            room = await get_room(db, slug)
+            if room_state(room, datetime.now(UTC)) == "ended":
+                raise RoomEnded(slug)
+        return Entrant(
+            room=room.slug,
+            title=room.title,
+            mode=room.mode.value,
+            role=RECORDER,
+            lobby=False,
+            account_id=None,
+            token_id=grant.token_id,
+            name=None,
+            site_code=None,
+            site_name=None,
+            recording_id=grant.recording_id,
         )
 
     async def end(self, slug: str) -> None:

@@ -326,7 +326,7 @@ async def post_room_recording(request: web.Request) -> web.Response:
         raise Forbidden("only the room's hosts may start or stop its recording")
     wanted = await body(request, m.RecordingChange)
     live = request.app[ROOMS].by_name.get(room.slug)
-    if live is None or not live.participants:
+    if live is None or not live.people:
         raise Conflict(f"the meeting of room {room.slug!r} is not live on this node")
     control = request.app[RECORDING]
     if wanted.action == "start":
@@ -335,7 +335,7 @@ async def post_room_recording(request: web.Request) -> web.Response:
         recording_id = await control.stop(live, str(who))
     await request.app[SIGNALING].to_room(live.name, "room_updated", live.describe())
     log.info("api: recording %s room=%s by %s", wanted.action, room.slug, who)
-    status = m.RecordingStatus(recording=live.recorder is not None, recording_id=recording_id)
+    status = m.RecordingStatus(recording=live.recording_id is not None, recording_id=recording_id)
     return json_response(status.model_dump())
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
+import redis.asyncio as aioredis
 import socketio
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
+from recording.jobs import RedisJobQueue
 from server.accounts import has_admin
 from server.admission import Gate
 from server.cluster import NodePresence
@@ -123,7 +125,19 @@ def make_app(config: Config) -> web.Application:
         dead_after=config.node_dead_after,
     )
     cluster = NodePresence(presence, config, rooms, stats)
-    recording = RecordingControl(database, config.data_dir, node_metrics)
+    by_workers = config.recorder == "workers" and config.redis_url
+    jobs_redis = aioredis.from_url(config.redis_url) if by_workers else None
+    recording = RecordingControl(
+        database,
+        config.data_dir,
+        node_metrics,
+        jobs=(
+            RedisJobQueue(jobs_redis, config.redis_prefix, dead_after=config.recorder_dead_after)
+            if jobs_redis is not None
+            else None
+        ),
+        node_url=config.base_url,
+    )
     integrity = IntegrityCheck(
         database, recording.root, node_metrics, config.verify_interval_hours * 3600
     )
@@ -131,6 +145,7 @@ def make_app(config: Config) -> web.Application:
         rooms, node_metrics, list(config.ice_servers), gate, cluster, recording
     )
     rooms.notifier = namespace
+    recording.dismiss_recorders = namespace.dismiss_recorders
     sio.register_namespace(namespace)
     sio.attach(app)
 
@@ -210,6 +225,8 @@ def make_app(config: Config) -> web.Application:
             await sio.shutdown()
             await integrity.close()
             await recording.close()
+            if jobs_redis is not None:
+                await jobs_redis.aclose()
             await cluster.close()
         finally:
             await database.close()

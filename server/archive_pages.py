@@ -1,10 +1,12 @@
 """Archive pages: search the recordings, a recording's detail with its player, files served
 with HTTP range requests, the archival metadata, verification, the access log and retention.
 
-Who sees what (issue 5, item 6): archivists and admins every recording; the hosts of a room the
-recordings of that room; nobody else (a 403 page, also for an unknown recording, so that its
-existence is not disclosed). Views, downloads, verifications, metadata changes and deletions
-are written to the access log, which only admins read. Times are shown in Vietnam's time.
+Who sees what (issue 5, item 6; the rule is `recordings.can_see_recording`): archivists and
+admins every recording; the hosts of a room the recordings of that room unless their access
+level is confidential (mật); nobody else (a 403 page, also for an unknown recording, so that its
+existence is not disclosed). A host's search lists only what that rule lets them see. Views,
+downloads, verifications, metadata changes and deletions are written to the access log, which
+only admins read. Times are shown in Vietnam's time.
 
 Limit: a file is logged as viewed on the first request of a playback (no Range header, or a
 range starting at byte 0); a browser that reopens a file from the start logs a second view.
@@ -33,6 +35,7 @@ from server.pages import _render
 from server.recording_control import RECORDINGS_DIR
 from server.recording_fields import keywords_of, sites_of
 from server.recordings import (
+    HOSTS_SEE_LEVELS,
     access_log,
     can_see_recording,
     delete_recording,
@@ -143,6 +146,8 @@ def content_type(file: RecordingFile) -> str:
         return f"{medium}/webm"
     if suffix in (".mkv", ".mka"):
         return f"{medium}/x-matroska"
+    if suffix == ".mp4":
+        return "video/mp4"  # the composite
     return "application/octet-stream"
 
 
@@ -245,12 +250,23 @@ async def archive_page(request: web.Request) -> web.Response:
                     date_from=vietnam_day_start(day_from) if day_from else None,
                     date_to=vietnam_day_start(day_to + timedelta(days=1)) if day_to else None,
                     room_ids=room_ids,
+                    access_levels=HOSTS_SEE_LEVELS if room_ids is not None else None,
                     # One more than a page: whether there is a next page.
                     limit=PAGE_SIZE + 1,
                     offset=(page - 1) * PAGE_SIZE,
                 )
             except GiaoBanError as exc:
                 problems.add_error(exc)
+        # The query already keeps to what the visitor may see; the one rule has the last word.
+        found = [
+            recording
+            for recording in found
+            if can_see_recording(
+                account,
+                recording,
+                is_host_of_room=room_ids is not None and recording.room_id in room_ids,
+            )
+        ]
 
     def page_url(number: int) -> str:
         kept = {name: value for name, value in form.items() if value}

@@ -44,6 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (GIAOBAN_HOST)")
     serve.add_argument("--port", type=int, help="TCP port (GIAOBAN_PORT)")
     serve.add_argument("--site", help="code of the site this node serves (GIAOBAN_SITE)")
+    record = commands.add_parser(
+        "record",
+        help="run a recording worker taking jobs from Redis (nodes with GIAOBAN_RECORDER=workers)",
+        description=(
+            "Run a recording worker: it takes recording jobs from Redis (REDIS_URL), joins each "
+            "room as its hidden recorder and writes into GIAOBAN_DATA_DIR/recordings and the "
+            "database the nodes use. Several workers may run; each job goes to one."
+        ),
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    record.add_argument(
+        "--name", help="this worker's name in the queue (default: HOST-recorder; one per worker)"
+    )
+    record.add_argument("--port", type=int, help="serve /healthz and /metrics on this port")
     _add_users_parser(commands)
     _add_tokens_parser(commands)
     _add_sites_parser(commands)
@@ -356,6 +371,17 @@ def _run_sites(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _run_record(args: argparse.Namespace, config: Config) -> int:
+    from server.record_worker import default_worker_name, serve_worker
+
+    try:
+        asyncio.run(serve_worker(config, args.name or default_worker_name(), args.port))
+    except GiaoBanError as exc:
+        print(f"giaoban: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _setup_logging(config: Config) -> None:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -371,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = Config.from_env(
             host=getattr(args, "host", None),
-            port=getattr(args, "port", None),
+            port=getattr(args, "port", None) if args.command == "serve" else None,
             site=getattr(args, "site", None),
         )
     except ConfigError as exc:
@@ -384,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_tokens(args, config)
     if args.command == "sites":
         return _run_sites(args, config)
+    if args.command == "record":
+        return _run_record(args, config)
 
     from server.app import SHUTDOWN_TIMEOUT, make_app
     from server.tls import ssl_context

@@ -129,7 +129,7 @@ class NodePresence:
         now = time.time()
         found: list[ParticipantPresence] = []
         for room in self._rooms.by_name.values():
-            for p in room.participants.values():
+            for p in room.people:
                 found.append(self._presence_of(room.name, p.id, p.name, _site(p), "connected", now))
             for entry in room.lobby.values():
                 site = entry.entrant.site_code

@@ -70,6 +70,15 @@ SETTINGS: dict[str, Setting] = {
         "GIAOBAN_TLS_SELF_SIGNED",
         "1: serve HTTPS with a self-signed certificate made on first start (LAN use)",
     ),
+    "recorder": Setting(
+        "GIAOBAN_RECORDER",
+        "who records meetings: node (the node itself, default) or workers (`giaoban record` "
+        "processes taking jobs from Redis; needs REDIS_URL)",
+    ),
+    "recorder_dead_after": Setting(
+        "GIAOBAN_RECORDER_DEAD_AFTER",
+        "seconds after which a recording job held by a silent worker goes to another (default 15)",
+    ),
     "verify_interval_hours": Setting(
         "GIAOBAN_VERIFY_INTERVAL_HOURS",
         "hours between scheduled checksum checks of the recordings (default 24; 0: never)",
@@ -81,6 +90,9 @@ SETTINGS: dict[str, Setting] = {
     ),
     "log_level": Setting("GIAOBAN_LOG_LEVEL", "DEBUG, INFO, WARNING (default INFO)"),
 }
+
+
+RECORDERS = ("node", "workers")
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -115,6 +127,8 @@ class Config:
     heartbeat_interval: float = 5.0
     node_dead_after: float = 15.0
     verify_interval_hours: float = 24.0
+    recorder: str = "node"
+    recorder_dead_after: float = 15.0
     database_url: str | None = None
     ice_servers: tuple[dict[str, Any], ...] = ()
     ice_host_addresses: tuple[str, ...] = ()
@@ -159,6 +173,7 @@ class Config:
             ("heartbeat_interval", float),
             ("node_dead_after", float),
             ("verify_interval_hours", float),
+            ("recorder_dead_after", float),
         ):
             if isinstance(values.get(key), str):
                 try:
@@ -180,5 +195,10 @@ class Config:
             values["tls_self_signed"] = values["tls_self_signed"].lower() in ("1", "true", "yes")
         if bool(values.get("tls_cert")) != bool(values.get("tls_key")):
             raise ConfigError("GIAOBAN_TLS_CERT and GIAOBAN_TLS_KEY go together")
+        recorder = values.get("recorder", "node")
+        if recorder not in RECORDERS:
+            raise ConfigError(f"GIAOBAN_RECORDER must be node or workers, not {recorder!r}")
+        if recorder == "workers" and not values.get("redis_url"):
+            raise ConfigError("GIAOBAN_RECORDER=workers needs REDIS_URL (the job queue)")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})

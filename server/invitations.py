@@ -23,6 +23,10 @@ from server.room_records import SLUG
 
 ALGORITHM = "HS256"
 AUDIENCE = "giaoban:invitation"
+# A recorder pass lets a recording worker into one room as its hidden recorder: a different
+# audience, so an invitation can never be taken for one nor the other way round.
+RECORDER_AUDIENCE = "giaoban:recorder"
+RECORDER_PASS_LIFETIME = timedelta(minutes=10)
 ISSUER = "giaoban"
 ROLES = ("host", "member", "guest")
 MAX_LIFETIME = timedelta(days=90)
@@ -100,13 +104,13 @@ def mint_invitation(
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
-def _decode(key: bytes, token: str) -> dict[str, Any]:
+def _decode(key: bytes, token: str, audience: str = AUDIENCE) -> dict[str, Any]:
     try:
         return jwt.decode(
             token,
             key,
             algorithms=[ALGORITHM],
-            audience=AUDIENCE,
+            audience=audience,
             issuer=ISSUER,
             leeway=LEEWAY,
             options={"require": list(REQUIRED_CLAIMS)},
@@ -172,6 +176,50 @@ def verify_invitation(key: bytes, token: str, *, room: str | None = None) -> Inv
         expires_at=expires_at,
         name=name or None,
     )
+
+
+@dataclass(frozen=True)
+class RecorderPass:
+    """What a verified recorder pass grants: recording `recording_id` of `room`."""
+
+    room: str
+    recording_id: int
+    token_id: str
+
+
+def mint_recorder_pass(key: bytes, *, room: str, recording_id: int) -> str:
+    """A short-lived pass for a recording worker to join `room` as the recorder of
+    `recording_id` (minted by the worker, which holds the nodes' shared secret key)."""
+    if not isinstance(room, str) or not SLUG.fullmatch(room):
+        raise BadRequest(f"not a room name: {room!r}")
+    now = datetime.now(UTC)
+    claims = {
+        "iss": ISSUER,
+        "aud": RECORDER_AUDIENCE,
+        "room": room,
+        "role": "recorder",
+        "recording": int(recording_id),
+        "jti": secrets.token_urlsafe(16),
+        "iat": int(now.timestamp()),
+        "exp": int((now + RECORDER_PASS_LIFETIME).timestamp()),
+    }
+    return jwt.encode(claims, key, algorithm=ALGORITHM)
+
+
+def verify_recorder_pass(key: bytes, token: str, *, room: str) -> RecorderPass:
+    """The recorder pass `token` carries for `room`; InvalidToken otherwise."""
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidToken("malformed token")
+    claims = _decode(key, token, RECORDER_AUDIENCE)
+    recording_id = claims.get("recording")
+    if claims["room"] != room:
+        raise InvalidToken("the recorder pass is for another room")
+    if isinstance(recording_id, bool) or not isinstance(recording_id, int) or recording_id < 1:
+        raise InvalidToken("malformed token: bad recording claim")
+    jti = claims["jti"]
+    if not isinstance(jti, str) or not jti:
+        raise InvalidToken("malformed token: bad jti claim")
+    return RecorderPass(room=room, recording_id=recording_id, token_id=jti)
 
 
 def invitation_url(base_url: str, room: str, token: str) -> str:

@@ -59,6 +59,17 @@ class _MediaCollector(Collector):
             yield CounterMetricFamily(f"giaoban_{name}", doc, value=value)
 
 
+def recording_counter(registry: CollectorRegistry) -> Counter:
+    """Recording events (started, stopped, interrupted, resumed, ready, failed), shared by the
+    node and the `giaoban record` worker."""
+    return Counter(
+        "giaoban_recordings",
+        "Recordings started, stopped, interrupted, resumed, made ready and failed",
+        ["event"],
+        registry=registry,
+    )
+
+
 class Metrics:
     """One registry per node (so tests can run several nodes in one process)."""
 
@@ -93,10 +104,10 @@ class Metrics:
         self.lobby_waits = Counter(
             "giaoban_lobby_waits", "Entrants put in a room's lobby", registry=self.registry
         )
-        self.recordings = Counter(
-            "giaoban_recordings",
-            "Recordings started, stopped and failed",
-            ["event"],
+        self.recordings = recording_counter(self.registry)
+        self.recorder_joins = Counter(
+            "giaoban_recorder_joins",
+            "Hidden recorders (of `giaoban record` workers) that joined a room",
             registry=self.registry,
         )
         self.integrity_checks = Counter(

@@ -1,7 +1,9 @@
 """Starting and stopping the recording of a live room, and its catalogue entries.
 
 In the embedded default the recorder runs inside the node (DESIGN §1): a `RoomRecorder` set on
-the live room as its track observer. Files go to `DATA_DIR/recordings/<recording id>/`; the
+the live room as its track observer. With GIAOBAN_RECORDER=workers the node only keeps the
+catalogue and puts a job on the queue; a `giaoban record` worker joins the room as its hidden
+recorder (server/record_worker.py). Files go to `DATA_DIR/recordings/<recording id>/`; the
 catalogue (server/recordings.py) gets each file with its size and SHA-256 when it closes.
 """
 
@@ -9,17 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from recording.compose import ComposeInput, compose
+from recording.jobs import JobQueue, LocalJobQueue, RecordingJob
 from recording.recorder import RoomRecorder, TrackFile
 from server import recordings
-from server.errors import Conflict
+from server.admission import Entrant
+from server.errors import Conflict, Forbidden
 from server.metrics import Metrics
 from server.room import Room
 from server.store.db import Database
@@ -30,6 +36,8 @@ log = logging.getLogger(__name__)
 RECORDINGS_DIR = "recordings"
 COMPOSITE_NAME = "composite.mp4"
 COMPOSE_ATTEMPTS = 2
+# The node's own composing jobs are held by the node itself: nobody takes them over.
+LOCAL_HOLD = 24 * 3600.0
 
 
 class StoreCatalogue:
@@ -85,32 +93,17 @@ class StoreCatalogue:
             )
 
 
-class RecordingControl:
-    """Hosts start and stop recordings of live rooms on this node."""
+class PostProcessing:
+    """Makes the composite file of a stopped recording, showing progress in the catalogue;
+    retried once, then failed with why. The per-track files stay whatever happens."""
 
-    def __init__(self, database: Database, data_dir: Path, metrics: Metrics) -> None:
+    def __init__(self, database: Database, root: Path, counter: Counter) -> None:
         self._database = database
-        self.root = data_dir / RECORDINGS_DIR
-        self._metrics = metrics
-        self._active: dict[str, tuple[int, RoomRecorder]] = {}
-        # Rooms whose recording a crash cut off: it goes on (a new segment) when they are live.
-        self._resume: dict[str, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.root = root
+        self._counter = counter  # giaoban_recordings, by event
 
-    def _process_later(self, recording_id: int) -> None:
-        task = asyncio.ensure_future(self._post_process(recording_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def close(self) -> None:
-        """Stop post-processing (a recording left processing is taken up at the next start)."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _post_process(self, recording_id: int) -> None:
-        """Make the composite file, showing progress; retried once, then failed with why.
-        The per-track files stay available whatever happens here."""
+    async def run(self, recording_id: int) -> bool:
+        """Compose `recording_id` (processing → ready, or failed); whether it is ready."""
         reason = ""
         for attempt in range(1, COMPOSE_ATTEMPTS + 1):
             try:
@@ -127,12 +120,13 @@ class RecordingControl:
                     reason,
                 )
                 continue
-            self._metrics.recordings.labels(event="ready").inc()
-            return
+            self._counter.labels(event="ready").inc()
+            return True
         async with self._database.session() as db, db.begin():
             await recordings.mark_failed(db, recording_id, f"composing: {reason}")
-        self._metrics.recordings.labels(event="failed").inc()
+        self._counter.labels(event="failed").inc()
         log.error("recording %d failed: composing: %s", recording_id, reason)
+        return False
 
     async def _compose(self, recording_id: int) -> None:
         async with self._database.session() as db:
@@ -199,10 +193,95 @@ class RecordingControl:
         except Exception as exc:  # progress is advisory
             log.debug("recording %d: progress not saved: %s", recording_id, exc)
 
+
+async def close_left_open(db: AsyncSession, root: Path, recording: Recording) -> int:
+    """Catalogue the files a lost recorder left open: size and SHA-256 of what reached the
+    disk (an entry whose file never appeared goes). Returns how many were closed."""
+    closed = 0
+    for file in recording.files:
+        if file.closed_at is not None:
+            continue
+        path = root / file.path
+        if not path.exists():
+            await db.delete(file)
+            continue
+        digest = await asyncio.to_thread(recordings.sha256_file, path)
+        await recordings.close_file(
+            db, file.id, size=path.stat().st_size, sha256=digest, duration=None
+        )
+        closed += 1
+    return closed
+
+
+class RecordingControl:
+    """Hosts start and stop recordings of live rooms on this node: recorded here (`jobs` is
+    None) or by `giaoban record` workers taking jobs from `jobs`."""
+
+    def __init__(
+        self,
+        database: Database,
+        data_dir: Path,
+        metrics: Metrics,
+        jobs: JobQueue | None = None,
+        node_url: str = "",
+    ) -> None:
+        self._database = database
+        self.root = data_dir / RECORDINGS_DIR
+        self._metrics = metrics
+        self.jobs = jobs
+        self._node_url = node_url
+        self.post_processing = PostProcessing(database, self.root, metrics.recordings)
+        self._active: dict[str, tuple[int, RoomRecorder]] = {}
+        # Rooms whose recording a crash cut off: it goes on (a new segment) when they are live.
+        self._resume: dict[str, int] = {}
+        # Embedded default: composing jobs queue in process and run one at a time, so that
+        # several recordings stopping together do not take every core from the meetings.
+        self._compose_jobs = LocalJobQueue(dead_after=LOCAL_HOLD) if jobs is None else None
+        self._composer: asyncio.Task[None] | None = None
+        # Set by signaling: takes a room's hidden recorders out once its recording stops.
+        self.dismiss_recorders: Callable[[Room], Awaitable[None]] | None = None
+
+    @property
+    def by_workers(self) -> bool:
+        return self.jobs is not None
+
+    async def _process_later(self, recording_id: int, room: str) -> None:
+        assert self._compose_jobs is not None
+        await self._compose_jobs.put(RecordingJob(recording_id, room, self._node_url))
+        if self._composer is None:
+            self._composer = asyncio.ensure_future(self._compose_queued())
+
+    async def _compose_queued(self) -> None:
+        assert self._compose_jobs is not None
+        while True:
+            lease = await self._compose_jobs.take("node", timeout=LOCAL_HOLD)
+            if lease is None:
+                continue
+            try:
+                await self.post_processing.run(lease.job.recording_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("recording %d: post-processing failed", lease.job.recording_id)
+            finally:
+                await self._compose_jobs.done(lease)
+
+    async def close(self) -> None:
+        """Stop post-processing (a recording left processing is taken up at the next start)."""
+        tasks = [self._composer] if self._composer else []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for queue in (self.jobs, self._compose_jobs):
+            if queue is not None:
+                await queue.close()
+
     async def recover(self) -> int:
         """At start: recordings the last run left going are interrupted, their partial files
         closed (size and SHA-256 of what reached the disk); they resume when the room is live
-        here again. Returns how many."""
+        here again. Returns how many. With workers, they own that (the job stays queued)."""
+        if self.by_workers:
+            return 0
         async with self._database.session() as db, db.begin():
             cut = (
                 (
@@ -218,22 +297,22 @@ class RecordingControl:
             unfinished = (
                 (
                     await db.execute(
-                        select(Recording.id).where(Recording.state == RecordingState.PROCESSING)
+                        select(Recording)
+                        .options(selectinload(Recording.room))
+                        .where(Recording.state == RecordingState.PROCESSING)
                     )
                 )
                 .scalars()
                 .all()
             )
-            for recording_id in unfinished:
-                log.info("recording %d: post-processing taken up again", recording_id)
-                self._process_later(recording_id)
+            for left in unfinished:
+                log.info("recording %d: post-processing taken up again", left.id)
+                await self._process_later(left.id, left.room.slug)
             for recording in cut:
                 await recordings.mark_interrupted(
                     db, recording.id, "the node stopped while recording"
                 )
-                for file in recording.files:
-                    if file.closed_at is None:
-                        await self._close_left_open(db, file)
+                await close_left_open(db, self.root, recording)
                 self._resume[recording.room.slug] = recording.id
                 self._metrics.recordings.labels(event="interrupted").inc()
                 log.warning(
@@ -244,18 +323,15 @@ class RecordingControl:
                 )
         return len(cut)
 
-    async def _close_left_open(self, db: AsyncSession, file: RecordingFile) -> None:
-        path = self.root / file.path
-        if not path.exists():
-            await db.delete(file)
-            return
-        digest = await asyncio.to_thread(recordings.sha256_file, path)
-        await recordings.close_file(
-            db, file.id, size=path.stat().st_size, sha256=digest, duration=None
-        )
-
     async def room_live(self, room: Room) -> None:
-        """Someone entered `room` here: a recording cut off by a crash goes on now."""
+        """Someone entered `room` here: a recording cut off by a crash goes on now (here), or
+        its indicator comes back (workers: the recording never stopped in the catalogue)."""
+        if self.by_workers:
+            async with self._database.session() as db:
+                going = await recordings.active_recording(db, room.name)
+            if going is not None:
+                room.recording_id = going.id
+            return
         recording_id = self._resume.pop(room.name, None)
         if recording_id is None or room.recorder is not None:
             return
@@ -276,53 +352,94 @@ class RecordingControl:
         )
         self._active[room.name] = (recording_id, recorder)
         room.recorder = recorder
-        for participant in list(room.participants.values()):
+        room.recording_id = recording_id
+        for participant in room.people:
             for track in participant.tracks:
                 recorder.track_added(participant, track)
-
-    def recording_id(self, room: str) -> int | None:
-        active = self._active.get(room)
-        return active[0] if active else None
 
     async def start(self, room: Room, by_account_id: int | None, by: str) -> int:
         """Start recording `room` now (`by` names who, for the log); Conflict when it already
         is."""
-        if room.name in self._active or room.recorder is not None:
+        if room.recording_id is not None or room.recorder is not None:
             raise Conflict("the room is already being recorded")
         async with self._database.session() as db, db.begin():
             record = await recordings.start_recording(db, room.name, by_account_id=by_account_id)
             recording_id = record.id
         self._resume.pop(room.name, None)
-        self._attach(room, recording_id, 1)
+        if self.jobs is not None:
+            room.recording_id = recording_id
+            await self.jobs.put(RecordingJob(recording_id, room.name, self._node_url))
+        else:
+            self._attach(room, recording_id, 1)
         self._metrics.recordings.labels(event="started").inc()
-        log.info("recording started room=%s recording=%d by=%s", room.name, recording_id, by)
-        return recording_id
-
-    async def stop(self, room: Room, by: str) -> int:
-        """Stop recording `room`: every file closed and catalogued; Conflict when it is not."""
-        active = self._active.pop(room.name, None)
-        if active is None:
-            raise Conflict("the room is not being recorded")
-        recording_id, recorder = active
-        room.recorder = None
-        try:
-            await recorder.stop()
-        except Exception as exc:
-            async with self._database.session() as db, db.begin():
-                await recordings.mark_failed(db, recording_id, f"closing the files: {exc}")
-            self._metrics.recordings.labels(event="failed").inc()
-            log.exception(
-                "recording room=%s recording=%d: files not closed", room.name, recording_id
-            )
-            raise
-        async with self._database.session() as db, db.begin():
-            await recordings.stop_recording(db, recording_id, datetime.now(UTC))
-        self._process_later(recording_id)
-        self._metrics.recordings.labels(event="stopped").inc()
         log.info(
-            "recording stopped room=%s recording=%d by=%s",
+            "recording started room=%s recording=%d by=%s recorder=%s",
             room.name,
             recording_id,
             by,
+            "worker" if self.by_workers else "node",
         )
         return recording_id
+
+    async def stop(self, room: Room, by: str) -> int:
+        """Stop recording `room`: every file closed and catalogued (by this node, or by the
+        worker once told); Conflict when it is not being recorded."""
+        recording_id = room.recording_id
+        if recording_id is None:
+            raise Conflict("the room is not being recorded")
+        room.recording_id = None
+        if self.by_workers:
+            async with self._database.session() as db, db.begin():
+                await recordings.stop_recording(db, recording_id, datetime.now(UTC))
+            # The worker closes its files, then composes: told by being dismissed.
+            if self.dismiss_recorders is not None:
+                await self.dismiss_recorders(room)
+        else:
+            await self._stop_here(room, recording_id)
+        self._metrics.recordings.labels(event="stopped").inc()
+        log.info("recording stopped room=%s recording=%d by=%s", room.name, recording_id, by)
+        return recording_id
+
+    async def _stop_here(self, room: Room, recording_id: int) -> None:
+        self._active.pop(room.name, None)
+        recorder, room.recorder = room.recorder, None
+        if isinstance(recorder, RoomRecorder):
+            try:
+                await recorder.stop()
+            except Exception as exc:
+                async with self._database.session() as db, db.begin():
+                    await recordings.mark_failed(db, recording_id, f"closing the files: {exc}")
+                self._metrics.recordings.labels(event="failed").inc()
+                log.exception(
+                    "recording room=%s recording=%d: files not closed", room.name, recording_id
+                )
+                raise
+        async with self._database.session() as db, db.begin():
+            await recordings.stop_recording(db, recording_id, datetime.now(UTC))
+        await self._process_later(recording_id, room.name)
+
+    def recorder_may_join(self, room: Room, entrant: Entrant) -> None:
+        """A worker's recorder may join `room` only for the recording going on there."""
+        if not self.by_workers:
+            raise Forbidden("this node records its meetings itself (GIAOBAN_RECORDER=node)")
+        if room.recording_id is None or room.recording_id != entrant.recording_id:
+            raise Conflict(
+                f"recording {entrant.recording_id} is not going on in room {room.name!r}"
+            )
+
+    async def recorder_lost(self, room: Room, entrant: Entrant) -> None:
+        """A worker's recorder left while its recording goes on: interrupted in the catalogue
+        (never dropped); the job stays held, and a worker takes it up as a new segment."""
+        recording_id = entrant.recording_id
+        if recording_id is None or room.recording_id != recording_id:
+            return
+        if any(p.entrant and p.entrant.recording_id == recording_id for p in room.recorders):
+            return  # a new recorder of the same recording is already in
+        async with self._database.session() as db, db.begin():
+            await recordings.mark_interrupted(db, recording_id, "the recorder stopped recording")
+        self._metrics.recordings.labels(event="interrupted").inc()
+        log.warning(
+            "recording %d of room=%s interrupted: its recorder left; a worker takes it up again",
+            recording_id,
+            room.name,
+        )

@@ -54,6 +54,8 @@ ACTIVE = (RecordingState.RECORDING, RecordingState.INTERRUPTED)
 STOPPABLE = ACTIVE
 FAILABLE = (RecordingState.RECORDING, RecordingState.INTERRUPTED, RecordingState.PROCESSING)
 SEES_EVERY_RECORDING = frozenset({Role.ADMIN, Role.ARCHIVIST})
+# The access levels at which a meeting's hosts see its recordings: not confidential (mật).
+HOSTS_SEE_LEVELS = frozenset({AccessLevel.INTERNAL, AccessLevel.RESTRICTED})
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ async def search_recordings(
     date_from: datetime | None = None,
     date_to: datetime | None = None,
     room_ids: Collection[int] | None = None,
+    access_levels: Collection[AccessLevel] | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> list[Recording]:
@@ -133,7 +136,8 @@ async def search_recordings(
     without diacritics: see `server.recording_fields`); `keyword` is one whole keyword;
     `site_code` is the chair unit or a participating site (that site only, not the sites under
     it); `date_from` ≤ start < `date_to`. `room_ids` limits the result to those rooms (a host's
-    own meetings)."""
+    own meetings), `access_levels` to those levels (`HOSTS_SEE_LEVELS` for a host: see
+    `can_see_recording`)."""
     query = select(Recording).options(selectinload(Recording.room))
     if text is not None and fields.needle(text):
         query = query.where(Recording.search_text.contains(fields.needle(text), autoescape=True))
@@ -158,6 +162,8 @@ async def search_recordings(
         query = query.where(Recording.started_at < fields.check_aware(date_to, "date_to"))
     if room_ids is not None:
         query = query.where(Recording.room_id.in_(list(room_ids)))
+    if access_levels is not None:
+        query = query.where(Recording.access_level.in_(list(access_levels)))
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise BadRequest(f"offset must be 0 or more (got {offset!r})")
     query = (
@@ -188,15 +194,22 @@ async def recordings_past_retention(db: AsyncSession, now: datetime) -> list[Rec
 def can_see_recording(
     account: Account | None, recording: Recording, *, is_host_of_room: bool
 ) -> bool:
-    """Archivists and admins see every recording; a host of the recorded room sees its own
-    meetings' recordings; nobody else (nor a disabled account). `is_host_of_room` is the
-    caller's answer from `room_records.is_host` for `recording.room`; `recording` is taken so
-    that a rule on its access level has one place to go."""
+    """Who may see a recording (its page, files, downloads, verification), by its access level:
+
+    - archivists and admins: every recording, whatever its level;
+    - a host of the recorded room: its own meetings' recordings when the level is internal or
+      restricted (`HOSTS_SEE_LEVELS`), not when it is confidential (mật);
+    - nobody else, nor a disabled account.
+
+    `is_host_of_room` is the caller's answer from `room_records.is_host` for `recording.room`.
+    A list of a host's recordings (`search_recordings` with `room_ids` and `access_levels`)
+    must give the same answer: it filters on `HOSTS_SEE_LEVELS`, and the archive page checks
+    each result with this function too."""
     if account is None or account.disabled:
         return False
     if account.role in SEES_EVERY_RECORDING:
         return True
-    return is_host_of_room
+    return is_host_of_room and recording.access_level in HOSTS_SEE_LEVELS
 
 
 # --- the recorder's side -----------------------------------------------------------------------

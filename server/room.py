@@ -48,6 +48,8 @@ class Notifier(Protocol):
 
 
 HOST_ROLES = ("host", "cohost")
+# Receives every track and is shown to nobody: the recording worker (DESIGN §8).
+RECORDER_ROLE = "recorder"
 # Modes where only hosts and the floor holder may open a microphone (DESIGN §3).
 CONTROLLED_MODES = ("conference", "training")
 SPEAKING_SOURCES = ("microphone",)
@@ -85,6 +87,15 @@ class Participant:
     def is_host(self) -> bool:
         return self.role in HOST_ROLES
 
+    @property
+    def site_code(self) -> str | None:
+        return self.entrant.site_code if self.entrant is not None else None
+
+    @property
+    def hidden(self) -> bool:
+        """A recorder: not listed, not announced, not counted as someone in the meeting."""
+        return self.role == RECORDER_ROLE
+
     def describe(self) -> dict[str, Any]:
         entrant = self.entrant
         return {
@@ -92,6 +103,7 @@ class Participant:
             "name": self.name,
             "role": self.role,
             "site": entrant.site_name or entrant.site_code if entrant else None,
+            "site_code": entrant.site_code if entrant else None,
             "tracks": [t.describe() for t in self.tracks],
         }
 
@@ -138,7 +150,8 @@ class Room:
         self.hands: dict[str, float] = {}
         self.floor: str | None = None  # who has been given the floor
         self.spotlight: str | None = None
-        self.recorder: TrackObserver | None = None  # set while the room is being recorded
+        self.recorder: TrackObserver | None = None  # the node's own recorder, while it records
+        self.recording_id: int | None = None  # the recording going on (by any recorder)
         # ticket -> the entrant it was given to; kept while the room is live on this node.
         self._tickets: dict[str, Entrant] = {}
         self._settings = settings
@@ -163,6 +176,8 @@ class Room:
             entrant.account_id if entrant else None,
             name,
         )
+        if participant.hidden:
+            return participant
         if self._speaker_task is None:
             self._speaker_task = asyncio.ensure_future(self._watch_speakers())
         await self._notifier.to_room(
@@ -185,6 +200,8 @@ class Room:
             participant.down = None
         self._speakers.forget(participant.id)
         log.info("leave room=%s participant=%s", self.name, participant.id)
+        if participant.hidden:
+            return
         await self._notifier.to_room(
             self.name, "participant_left", {"participant_id": participant.id}
         )
@@ -197,15 +214,25 @@ class Room:
             self.spotlight, changed = None, True
         if changed:
             await self._notifier.to_room(self.name, "room_updated", self.describe())
-        if not self.participants and self._speaker_task is not None:
+        if not self.people and self._speaker_task is not None:
             self._speaker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._speaker_task
             self._speaker_task = None
 
     @property
+    def people(self) -> list[Participant]:
+        """The participants others see (every one but recorders)."""
+        return [p for p in self.participants.values() if not p.hidden]
+
+    @property
+    def recorders(self) -> list[Participant]:
+        return [p for p in self.participants.values() if p.hidden]
+
+    @property
     def empty(self) -> bool:
-        return not self.participants and not self.lobby
+        """Nobody in the meeting nor waiting (a recorder alone does not keep a room open)."""
+        return not self.people and not self.lobby
 
     def holds_ticket(self, ticket: str | None, entrant: Entrant) -> bool:
         """Whether `ticket` was given in this room to this same entrant (a rejoin)."""
@@ -223,7 +250,7 @@ class Room:
             "locked": self.locked,
             "floor": self.floor,
             "spotlight": self.spotlight,
-            "recording": self.recorder is not None,
+            "recording": self.recording_id is not None,
         }
 
     def may_speak(self, participant: Participant) -> bool:
@@ -420,7 +447,7 @@ class Room:
     def target(self, participant_id: str) -> Participant:
         """A participant of this room a host acts on; NotFound when gone (or being removed)."""
         target = self.participants.get(participant_id)
-        if target is None or target.removed or target.left:
+        if target is None or target.hidden or target.removed or target.left:
             raise NotFound(f"no participant {participant_id!r} in this room")
         return target
 

@@ -37,7 +37,7 @@ class Rooms:
 
     @property
     def participant_count(self) -> int:
-        return sum(len(r.participants) for r in self.by_name.values())
+        return sum(len(r.people) for r in self.by_name.values())
 
     async def close(self) -> None:
         for room in list(self.by_name.values()):

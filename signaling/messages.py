@@ -147,6 +147,10 @@ def token(data: dict[str, Any]) -> str | None:
     return optional_text(data, "token", MAX_TOKEN)
 
 
+def recorder_pass(data: dict[str, Any]) -> str | None:
+    return optional_text(data, "recorder_pass", MAX_TOKEN)
+
+
 def ticket(data: dict[str, Any]) -> str | None:
     return optional_text(data, "ticket", 64)
 

@@ -38,6 +38,8 @@ from signaling.chat import chat_handlers
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/meeting"
+# What a hidden recorder may do: receive, nothing else.
+RECORDER_EVENTS = frozenset({"join", "subscribe", "down_answer", "ice", "leave"})
 
 
 @dataclass
@@ -156,6 +158,8 @@ class MeetingNamespace(socketio.AsyncNamespace):
                 raise UnknownEvent(event[:64])
             if session is None:
                 raise NotJoined("no session")
+            if session.participant and session.participant.hidden and event not in RECORDER_EVENTS:
+                raise Forbidden("a recorder only receives the meeting")
             data = messages.payload_of(payload_args)
             async with session.lock:
                 result = await handler(session, data)
@@ -197,6 +201,9 @@ class MeetingNamespace(socketio.AsyncNamespace):
         if session.waiting is not None:
             raise AlreadyJoined("waiting in the lobby")
         room_name = messages.room_name(data)
+        recorder_pass = messages.recorder_pass(data)
+        if recorder_pass is not None:
+            return await self._join_recorder(session, room_name, recorder_pass)
         name = messages.display_name(data)
         invitation = messages.token(data)
         ticket = messages.ticket(data)
@@ -227,9 +234,71 @@ class MeetingNamespace(socketio.AsyncNamespace):
         self._metrics.lobby_waits.inc()
         return {"lobby": True, "entry_id": entry.id, **room.describe(), "role": entrant.role}
 
+    async def _join_recorder(
+        self, session: Session, room_name: str, recorder_pass: str
+    ) -> dict[str, Any]:
+        """A recording worker's hidden recorder joins the live room it records."""
+        entrant = await self.gate.check_recorder(room_name, recorder_pass)
+        room = self.rooms.by_name.get(room_name)
+        if room is None or room.empty:
+            home = await self.cluster.home_elsewhere(room_name)
+            if home is not None:
+                raise WrongNode(f"{home.info.url}/r/{room_name}")
+            raise NotFound(f"the meeting of room {room_name!r} is not live on this node")
+        self.recording.recorder_may_join(room, entrant)
+        participant = await room.join("recorder", entrant)
+        session.participant = participant
+        self.participant_sids[participant.id] = session.sid
+        await self.enter_room(session.sid, room.name)
+        self._metrics.recorder_joins.inc()
+        log.info(
+            "recorder joined room=%s participant=%s recording=%s",
+            room.name,
+            participant.id,
+            entrant.recording_id,
+        )
+        return {
+            "participant_id": participant.id,
+            "room": room.name,
+            "participants": [p.describe() for p in room.people],
+            "ice_servers": self._ice_servers,
+            "role": participant.role,
+            **room.describe(),
+        }
+
+    async def dismiss_recorders(self, room: Room) -> None:
+        """The room's recording stopped: its hidden recorders are told and taken out."""
+        for recorder in room.recorders:
+            sid = self.participant_sids.get(recorder.id)
+            session = self.sessions.get(sid) if sid is not None else None
+            if session is None:
+                await room.leave(recorder)
+                continue
+            await self.emit(
+                "recording_stopped",
+                {"recording_id": recorder.entrant.recording_id if recorder.entrant else None},
+                to=sid,
+            )
+            async with session.lock:
+                if session.participant is recorder:
+                    session.participant = None
+                    await self._recorder_left(session.sid, recorder)
+
+    async def _recorder_left(self, sid: str, recorder: Participant) -> None:
+        room = recorder.room
+        await self.leave_room(sid, room.name)
+        await room.leave(recorder)
+        self.participant_sids.pop(recorder.id, None)
+        log.info("recorder left room=%s participant=%s", room.name, recorder.id)
+        if recorder.entrant is not None:
+            try:
+                await self.recording.recorder_lost(room, recorder.entrant)
+            except Exception:
+                log.exception("room=%s: the lost recorder not noted", room.name)
+
     async def _close_if_empty(self, room: Room) -> None:
         """Drop a room nobody is in (nor waiting for) and give up its home claim."""
-        if room.empty and room.recorder is not None:
+        if room.empty and room.recording_id is not None:
             try:
                 await self.recording.stop(room, "the node (the meeting emptied)")
             except Exception:
@@ -243,7 +312,7 @@ class MeetingNamespace(socketio.AsyncNamespace):
     ) -> dict[str, Any]:
         """Put the session's person into the room; the join result (ack or `admitted`)."""
         first = not room.participants
-        others = [p.describe() for p in room.participants.values()]
+        others = [p.describe() for p in room.people]
         participant = await room.join(name, entrant)
         await self.cluster.entered(participant)
         if first:
@@ -349,6 +418,10 @@ class MeetingNamespace(socketio.AsyncNamespace):
             return
         session.participant = None
         room = participant.room
+        if participant.hidden:
+            await self._recorder_left(session.sid, participant)
+            await self._close_if_empty(room)
+            return
         await self.leave_room(session.sid, room.name)
         await room.leave(participant)
         if dropped:

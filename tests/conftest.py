@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +21,12 @@ from server.room_records import create_room, get_room
 from server.sfu.ice import restrict_host_addresses
 from server.sfu.stats import SfuStats
 from tests.support.peer import Peer
+from tests.support.redis_server import (
+    RedisServer,
+    delete_prefix,
+    redis_url_from_env,
+    unique_prefix,
+)
 
 # aioice leaves 127.0.0.1 out and offers every other interface: in tests the node and the
 # test peers offer 127.0.0.1 only, so no media leaves loopback.
@@ -139,3 +145,43 @@ async def peers(node: Node) -> AsyncIterator[Callable[[str], Peer]]:
     yield make  # type: ignore[misc]
     for peer in made:
         await peer.close()
+
+
+# --- a real Redis -------------------------------------------------------------------------------
+# REDIS_URL when set, else a private redis-server started once for the session. With REDIS_URL
+# the server is shared: every test works under its own key prefix and deletes only its own keys
+# (SCAN MATCH prefix* + DEL), never FLUSHALL.
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer | None]:
+    """The session's private redis-server, or None when REDIS_URL names a shared one."""
+    if redis_url_from_env() is not None:
+        yield None
+        return
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer | None) -> str:
+    """redis://… of the Redis these tests use (only under their own key prefixes)."""
+    if redis_server is not None:
+        return redis_server.url
+    url = redis_url_from_env()
+    assert url is not None
+    return url
+
+
+@pytest.fixture
+async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A key prefix of this test's own; its keys are deleted at the end."""
+    prefix = unique_prefix()
+    try:
+        yield prefix
+    finally:
+        await delete_prefix(redis_url, prefix)

@@ -4,93 +4,12 @@ interrupted, and the recording goes on as a new segment when the meeting is back
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import av
-import pytest
-from argon2 import PasswordHasher
-
-from server.accounts import create_account
-from server.config import Config
-from server.invitations import mint_invitation
-from server.recordings import get_recording
-from server.room_records import create_room
-from server.secret_key import load_secret_key
-from server.store.db import open_database
-from tests.support.media import BarcodeVideoTrack, read_barcode
+from tests.cluster.recorded import FPS, barcodes, catalogue, data_dir, meeting
 from tests.support.node_process import NodeProcess
-from tests.support.peer import Peer
 
-FPS = 20
-
-
-def tokens(data_dir: Path) -> tuple[str, str]:
-    key = load_secret_key(Config(data_dir=data_dir))
-    expires = datetime.now(UTC) + timedelta(hours=1)
-    return (
-        mint_invitation(key, room="ghi-hinh", role="host", expires_at=expires),
-        mint_invitation(key, room="ghi-hinh", role="member", expires_at=expires),
-    )
-
-
-async def catalogue(data_dir: Path, recording_id: int):  # type: ignore[no-untyped-def]
-    database = await open_database(Config(data_dir=data_dir))
-    try:
-        async with database.session() as db:
-            return await get_recording(db, recording_id)
-    finally:
-        await database.close()
-
-
-def barcodes(path: Path) -> list[int]:
-    """The frame numbers a (possibly cut-off) video file decodes to."""
-    found: list[int] = []
-    with av.open(str(path)) as container:
-        try:
-            for frame in container.decode(video=0):
-                number = read_barcode(frame)
-                if number is not None:
-                    found.append(number)
-        except av.error.FFmpegError:
-            pass  # the torn end of a killed writer
-    return found
-
-
-@pytest.fixture
-async def data_dir(tmp_path: Path) -> Path:
-    data = tmp_path / "data"
-    database = await open_database(Config(data_dir=data))
-    try:
-        async with database.session() as db, db.begin():
-            cheap = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-            host = await create_account(
-                db, "chu-tri", "mat-khau-chu-tri", role="host", hasher=cheap
-            )
-            await create_room(
-                db,
-                host,
-                title="Ghi hình",
-                starts_at=datetime.now(UTC),
-                duration_minutes=60,
-                mode="discussion",
-                lobby=False,
-                slug="ghi-hinh",
-            )
-    finally:
-        await database.close()
-    return data
-
-
-async def meeting(node: NodeProcess, data_dir: Path) -> tuple[Peer, Peer, BarcodeVideoTrack]:
-    host_token, member_token = tokens(data_dir)
-    host, member = Peer(node.url, "Chủ trì"), Peer(node.url, "Xã Nam")
-    for peer, token in ((host, host_token), (member, member_token)):
-        await peer.connect()
-        await peer.join("ghi-hinh", token)
-    camera = BarcodeVideoTrack(fps=FPS)
-    await member.publish([camera])
-    return host, member, camera
+__all__ = ["data_dir"]  # the fixture, used by name
 
 
 async def test_a_killed_recording_plays_is_interrupted_and_resumes(data_dir: Path) -> None:

@@ -6,39 +6,32 @@ from __future__ import annotations
 import hashlib
 import html
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, date, datetime, timedelta
-from fractions import Fraction
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, date, datetime
 
 import aiohttp
 import av
-import numpy as np
 import pytest
 
 from server.app import DATABASE
 from server.attendance import record_entry
 from server.errors import NotFound
-from server.recording_control import RECORDINGS_DIR
 from server.recordings import (
     access_log,
-    add_file,
-    close_file,
     get_recording,
     mark_failed,
-    mark_ready,
     start_recording,
     stop_recording,
-    update_metadata,
 )
 from server.store.models import RecordingAction
 from tests.conftest import TEST_PASSWORD, Node
+from tests.support.archive import MARCH_1, make_recording, recordings_root
 
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
 ROOM = "giao-ban-tinh"
 OTHER_ROOM = "giao-ban-huyen"
-# 08:00 Vietnam time on 1 March 2026, and 00:30 Vietnam time on 11 March (still 10 March in UTC).
-MARCH_1 = datetime(2026, 3, 1, 1, 0, tzinfo=UTC)
+# 08:00 Vietnam time on 1 March 2026 (MARCH_1), and 00:30 Vietnam time on 11 March (still 10
+# March in UTC).
 MARCH_11 = datetime(2026, 3, 10, 17, 30, tzinfo=UTC)
 
 Browser = Callable[[str], Awaitable[aiohttp.ClientSession]]
@@ -85,89 +78,6 @@ async def post(
 async def get(http: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, bytes]:
     async with http.get(url, headers=headers, allow_redirects=False) as response:
         return response.status, await response.read()
-
-
-def recordings_root(node: Node) -> Path:
-    return node.config.data_dir / RECORDINGS_DIR
-
-
-def write_mkv(path: Path) -> None:
-    """One second of a moving test pattern, VP8 in Matroska, as the recorder writes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format="matroska") as out:
-        stream = out.add_stream("libvpx", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
-        stream.time_base = Fraction(1, 25)
-        for index in range(25):
-            pixels = np.zeros((120, 160, 3), dtype=np.uint8)
-            pixels[:, : (index * 6) % 160 + 6] = (255, 128, 0)
-            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-            frame.pts = index
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-
-
-async def make_recording(
-    node: Node,
-    room: str,
-    *,
-    title: str | None = None,
-    started: datetime = MARCH_1,
-    chair: tuple[str, str] | None = None,
-    sites: Sequence[tuple[str, str]] = (),
-    keywords: str = "",
-    record_code: str | None = None,
-    retention: date | None = None,
-    files: Sequence[tuple[str, bytes | None, str]] = (),
-    host: str = "chu-tri",
-) -> tuple[int, list[int]]:
-    """A ready recording of `room` with `files` (relative path, bytes or None for a real
-    one-second .mkv, media kind) written under the recordings folder; (id, file ids)."""
-    await node.schedule(room, host=host)
-    root = recordings_root(node)
-    file_ids: list[int] = []
-    async with node.app[DATABASE].session() as db, db.begin():
-        recording = await start_recording(
-            db, room, by_account_id=None, chair_site=chair, sites=sites
-        )
-        recording.title = title or recording.title
-        recording.started_at = started
-        for relative, content, media in files:
-            path = root / relative
-            if content is None:
-                write_mkv(path)
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(content)
-            data = path.read_bytes()
-            made = await add_file(
-                db,
-                recording.id,
-                kind="track",
-                segment=1,
-                path=relative,
-                participant_name="Nguyễn Văn An",
-                site_code="26734",
-                site_name="Xã Tân Phú",
-                media_kind=media,
-                codec="VP8" if media == "video" else "opus",
-            )
-            await close_file(
-                db, made.id, size=len(data), sha256=hashlib.sha256(data).hexdigest(), duration=1.0
-            )
-            file_ids.append(made.id)
-        # update_metadata also refreshes the search text for the title set above.
-        await update_metadata(
-            db,
-            recording.id,
-            record_code=record_code,
-            retention_until=retention,
-            access_level="internal",
-            keywords=keywords,
-        )
-        await stop_recording(db, recording.id, started + timedelta(minutes=45))
-        await mark_ready(db, recording.id)
-        return recording.id, file_ids
 
 
 async def actions(node: Node, recording_id: int) -> list[str]:
@@ -305,6 +215,95 @@ async def test_only_archivists_admins_and_the_rooms_hosts_see_a_recording(
     archivist = await browser("luu-tru")
     assert (await get(archivist, f"{node.url}/archive/99999"))[0] == 404
     assert (await get(archivist, f"{detail}/files/99999"))[0] == 404
+
+
+async def test_a_confidential_recording_is_for_archivists_and_admins_only(
+    node: Node, browser: Browser
+) -> None:
+    await node.account("luu-tru", "archivist")
+    await node.account("quan-tri", "admin")
+    made: dict[str, tuple[int, int]] = {}
+
+    def marker(level: str) -> str:  # in the title and the file: on no page unless shown
+        return f"{level}-qx7"
+
+    for level in ("internal", "restricted", "confidential"):
+        recording, (file_id,) = await make_recording(
+            node,
+            ROOM,
+            title=f"Giao ban ngân sách {marker(level)}",
+            keywords="ngân sách",
+            access_level=level,
+            files=[(f"{level}/a.mkv", marker(level).encode() * 100, "video")],
+        )
+        made[level] = recording, file_id
+    internal, restricted, confidential = (made[level][0] for level in made)
+    everything = {internal, restricted, confidential}
+
+    def urls(level: str) -> list[str]:
+        recording, file_id = made[level]
+        detail = f"{node.url}/archive/{recording}"
+        file_url = f"{detail}/files/{file_id}"
+        return [detail, file_url, file_url + "?download=1"]
+
+    async def search(http: aiohttp.ClientSession, **query: str) -> set[int]:
+        async with http.get(node.url + "/archive", params=query) as response:
+            assert response.status == 200, query
+            return listed(await response.text())
+
+    # The room's host: internal and restricted, not confidential (mật).
+    host = await browser("chu-tri")
+    assert await search(host) == {internal, restricted}
+    assert await search(host, text=marker("confidential")) == set()
+    assert await search(host, text=marker("restricted")) == {restricted}
+    assert await search(host, keyword="ngân sách") == {internal, restricted}
+    for level in ("internal", "restricted"):
+        for url in urls(level):
+            assert (await get(host, url))[0] == 200, url
+        assert (await get(host, urls(level)[1]))[1] == marker(level).encode() * 100
+    for url in urls("confidential"):
+        status, body = await get(host, url)
+        assert status == 403, url
+        assert marker("confidential").encode() not in body  # not the title, not the file
+    status, body, _ = await post(host, node, "/archive", f"/archive/{confidential}/verify")
+    assert status == 403 and marker("confidential") not in body
+    assert await actions(node, confidential) == []  # a refusal reads nothing, logs nothing
+
+    # Archivists and admins see every level; the archivist is told the rule on the form.
+    for who in ("luu-tru", "quan-tri"):
+        http = await browser(who)
+        assert await search(http) == everything, who
+        assert await search(http, text=marker("confidential")) == {confidential}, who
+        for url in urls("confidential"):
+            assert (await get(http, url))[0] == 200, (who, url)
+        file_bytes = (await get(http, urls("confidential")[1]))[1]
+        assert file_bytes == marker("confidential").encode() * 100
+    archivist = await browser("luu-tru")
+    detail = f"{node.url}/archive/{restricted}"
+    async with archivist.get(detail) as response:
+        page = html.unescape(await response.text())
+    assert 'aria-describedby="meta-access-help"' in page
+    assert "Mật: chỉ lưu trữ viên và quản trị xem được" in page
+    async with archivist.get(detail + "?lang=en") as response:
+        page = html.unescape(await response.text())
+    assert "Confidential: archivists and admins only" in page
+
+    # The archivist makes the restricted one confidential: the host loses it at once.
+    status, _, _ = await post(
+        archivist,
+        node,
+        f"/archive/{restricted}",
+        f"/archive/{restricted}/metadata",
+        record_code="",
+        retention_until="",
+        access_level="confidential",
+        keywords="ngân sách",
+    )
+    assert status == 303
+    assert await search(host) == {internal}
+    for url in urls("restricted"):
+        assert (await get(host, url))[0] == 403, url
+    assert await search(archivist) == everything
 
 
 # --- the player, downloads, the access log ----------------------------------------------------

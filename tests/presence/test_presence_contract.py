@@ -8,7 +8,6 @@ one prefix, or the one LocalPresence (in process there is only one node's view).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -34,6 +33,7 @@ from tests.support.redis_server import (
     free_port,
     unique_prefix,
 )
+from tests.support.wait import eventually
 
 # Small TTLs for the expiry tests: a participant lives 1 s without heartbeat, a node is dead
 # after 1.5 s of silence.
@@ -41,25 +41,6 @@ SHORT = {"participant_ttl": 1.0, "dead_after": 1.5}
 LOAD = NodeLoad(cpu_percent=12.5, participants=3, streams=6)
 
 Factory = Callable[..., Awaitable[list[Presence]]]
-
-
-async def eventually(
-    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
-) -> Any:
-    """Poll `predicate` (sync or async) until truthy and return it; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = predicate()
-        if inspect.isawaitable(last):
-            last = await last
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"timed out after {timeout:.1f}s waiting for {what} (last {last!r})"
-            )
-        await asyncio.sleep(interval)
 
 
 def node(node_id: str, site: str | None = "tinh-01") -> NodeInfo:

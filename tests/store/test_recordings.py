@@ -614,6 +614,7 @@ async def test_verify_finds_a_changed_byte_and_a_missing_file(
 async def test_who_may_see_a_recording(world: World) -> None:
     rec = await _start(world)
     see = recordings.can_see_recording
+    assert rec.access_level is AccessLevel.INTERNAL
     assert see(world.archivist, rec, is_host_of_room=False)
     assert see(world.admin, rec, is_host_of_room=False)
     assert see(world.host, rec, is_host_of_room=True)  # the room's host, own meeting
@@ -622,3 +623,45 @@ async def test_who_may_see_a_recording(world: World) -> None:
     assert not see(None, rec, is_host_of_room=False)
     world.archivist.disabled = True
     assert not see(world.archivist, rec, is_host_of_room=False)
+    world.archivist.disabled = False
+    world.host.disabled = True
+    assert not see(world.host, rec, is_host_of_room=True)
+    world.host.disabled = False
+
+
+@pytest.mark.parametrize(
+    ("level", "host_sees"),
+    [
+        (AccessLevel.INTERNAL, True),
+        (AccessLevel.RESTRICTED, True),
+        (AccessLevel.CONFIDENTIAL, False),  # mật: archivists and admins only
+    ],
+)
+async def test_who_may_see_a_recording_by_access_level(
+    world: World, level: AccessLevel, host_sees: bool
+) -> None:
+    rec = await _start(world)
+    await _call(
+        world,
+        "update_metadata",
+        rec.id,
+        record_code=None,
+        retention_until=None,
+        access_level=level.value,
+        keywords=[],
+    )
+    rec = await _call(world, "get_recording", rec.id)
+    assert rec.access_level is level
+    see = recordings.can_see_recording
+    assert see(world.archivist, rec, is_host_of_room=False)
+    assert see(world.admin, rec, is_host_of_room=False)
+    # An archivist or admin who also hosts the room still sees it.
+    assert see(world.admin, rec, is_host_of_room=True)
+    assert see(world.host, rec, is_host_of_room=True) is host_sees
+    assert not see(world.other_host, rec, is_host_of_room=False)
+    assert not see(world.member, rec, is_host_of_room=False)
+    # A host's search keeps to the same rule.
+    found = await _search(world, room_ids=[rec.room_id], access_levels=recordings.HOSTS_SEE_LEVELS)
+    assert found == ([rec.id] if host_sees else [])
+    assert await _search(world, room_ids=[rec.room_id]) == [rec.id]
+    assert await _search(world, access_levels=[level]) == [rec.id]

@@ -1,4 +1,5 @@
-"""A node as its own process (`python -m server.cli serve`), for tests of several nodes."""
+"""A node as its own process (`python -m server.cli serve`), for tests of several nodes, and a
+recording worker as its own process (`python -m server.cli record`)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class NodeProcess:
         data_dir: Path,
         redis_url: str | None = None,
         prefix: str = "giaoban:",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.node_id = node_id
         self.site = site
@@ -57,6 +59,7 @@ class NodeProcess:
             self.env.pop(variable, None)
         if redis_url is not None:  # else the embedded default: presence in the process
             self.env["REDIS_URL"] = redis_url
+        self.env.update(env or {})
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,18 +72,7 @@ class NodeProcess:
             self.port = port
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--site",
-                self.site,
-            ],
+            [sys.executable, "-m", "server.cli", *self.arguments()],
             env=self.env,
             cwd=REPO,
             stdout=log,
@@ -92,6 +84,9 @@ class NodeProcess:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"node {self.node_id} did not start:\n{self.log_tail()}")
             time.sleep(0.05)  # polling interval, not a synchronisation
+
+    def arguments(self) -> list[str]:
+        return ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--site", self.site]
 
     def kill(self) -> None:
         """SIGKILL: a crash, nothing is cleaned up."""
@@ -112,3 +107,30 @@ class NodeProcess:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class WorkerProcess(NodeProcess):
+    """A `giaoban record` worker named `name`, serving /healthz and /metrics on its port."""
+
+    def __init__(self, name: str, data_dir: Path, redis_url: str, prefix: str, dead_after: float):
+        super().__init__(
+            name,
+            "",
+            data_dir,
+            redis_url,
+            prefix,
+            env={"GIAOBAN_RECORDER_DEAD_AFTER": str(dead_after), "GIAOBAN_HOST": "127.0.0.1"},
+        )
+
+    def arguments(self) -> list[str]:
+        return ["record", "--name", self.node_id, "--port", str(self.port)]
+
+    def metric(self, name: str) -> float:
+        """A metric's value from the worker's /metrics, summed over its labels (0 if absent)."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=2) as response:
+            text = response.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.split("{")[0].split(" ")[0] == name:
+                total += float(line.rsplit(" ", 1)[1])
+        return total

@@ -29,6 +29,8 @@ FULL_ENV = {
     "GIAOBAN_HEARTBEAT_INTERVAL": "2.5",
     "GIAOBAN_NODE_DEAD_AFTER": "12",
     "GIAOBAN_VERIFY_INTERVAL_HOURS": "0",
+    "GIAOBAN_RECORDER": "workers",
+    "GIAOBAN_RECORDER_DEAD_AFTER": "20",
     "DATABASE_URL": "postgresql://gb:pw@db/gb",
     "GIAOBAN_ICE_SERVERS": ICE_JSON,
     "GIAOBAN_ICE_HOST_ADDRESSES": " 10.0.0.5, 192.168.1.10 ,,fd00::5 ",
@@ -70,6 +72,7 @@ def test_every_setting_is_parsed() -> None:
     assert (config.site, config.node_name, config.capacity) == ("01", "node-tinh", 300)
     assert (config.heartbeat_interval, config.node_dead_after) == (2.5, 12.0)
     assert config.verify_interval_hours == 0.0  # 0 turns the scheduled check off
+    assert (config.recorder, config.recorder_dead_after) == ("workers", 20.0)
     assert config.database_url == "postgresql://gb:pw@db/gb"
     assert config.ice_servers == (
         {"urls": ["turn:turn.example.vn:3478"], "username": "u", "credential": "p"},
@@ -84,6 +87,16 @@ def test_every_setting_is_parsed() -> None:
     assert config.log_level == "DEBUG"
     assert config.scheme == "https"
     assert config.base_url == "https://hop.tinh.gov.vn"
+
+
+def test_recorder_is_node_or_workers_and_workers_need_redis() -> None:
+    assert Config.from_env({}).recorder == "node"
+    with pytest.raises(ConfigError, match="node or workers"):
+        Config.from_env({"GIAOBAN_RECORDER": "elsewhere"})
+    with pytest.raises(ConfigError, match="needs REDIS_URL"):
+        Config.from_env({"GIAOBAN_RECORDER": "workers"})
+    with pytest.raises(ConfigError, match="GIAOBAN_RECORDER_DEAD_AFTER must be positive"):
+        Config.from_env({"GIAOBAN_RECORDER_DEAD_AFTER": "0"})
 
 
 def test_settings_table_covers_every_field() -> None:

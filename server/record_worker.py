@@ -1,0 +1,314 @@
+"""`giaoban record`: a recording worker taking jobs from Redis (DESIGN §1, §8).
+
+A host starts a recording on a node (GIAOBAN_RECORDER=workers): the node catalogues it and puts
+a job on the queue. One worker takes it, joins the live room as its hidden recorder
+(recording/room_client.py) and writes each track with the same `RoomRecorder` the node uses in
+the embedded default. The worker refreshes its hold on the job while it works; if it dies, the
+node marks the recording interrupted and another worker (or this one restarted under the same
+name) takes the job up as a new segment. After the stop, the worker composes the recording and
+only then marks the job done, so a composition cut off by a crash is made again.
+
+The worker writes into the same recordings folder the nodes serve (GIAOBAN_DATA_DIR, shared
+storage when they run on different machines) and into the same database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import socketio
+from prometheus_client import CollectorRegistry, Counter
+from redis.exceptions import RedisError
+
+from recording.jobs import JobQueue, Lease, RecordingJob
+from recording.recorder import RoomRecorder
+from recording.room_client import JoinRefused, RoomClient
+from server import recordings
+from server.config import Config
+from server.errors import ConfigError, Conflict, NotFound
+from server.invitations import mint_recorder_pass
+from server.metrics import recording_counter
+from server.recording_control import (
+    RECORDINGS_DIR,
+    PostProcessing,
+    StoreCatalogue,
+    close_left_open,
+)
+from server.store.db import Database
+from server.store.models import RecordingState
+
+log = logging.getLogger(__name__)
+
+# Seconds between attempts to join a room that is not live (its node restarting, say).
+JOIN_RETRY = 2.0
+QUEUE_RETRY = 1.0  # seconds between attempts to reach an unreachable job queue
+ACTIVE = (RecordingState.RECORDING, RecordingState.INTERRUPTED)
+
+
+def default_worker_name() -> str:
+    """The host's name: a worker restarted on the same host gets its unfinished job back at
+    once. Several workers on one host need a name each (`--name`)."""
+    return f"{socket.gethostname()}-recorder"
+
+
+class LostJob(Exception):
+    """Another worker holds this job now (this one was too slow to refresh it)."""
+
+
+class RecordWorker:
+    """Takes recording jobs one at a time, until `stop()`."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        jobs: JobQueue,
+        database: Database,
+        data_dir: Path,
+        secret_key: bytes,
+        dead_after: float,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.name = name
+        self._jobs = jobs
+        self._database = database
+        self.root = data_dir / RECORDINGS_DIR
+        self._key = secret_key
+        self._dead_after = dead_after
+        self.registry = registry or CollectorRegistry()
+        self.recordings = recording_counter(self.registry)
+        self.jobs_done = Counter(
+            "giaoban_recording_jobs",
+            "Recording jobs finished by this worker",
+            registry=self.registry,
+        )
+        self._post = PostProcessing(database, self.root, self.recordings)
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Finish the current wait; a job in hand is left held (another worker takes it)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Take and carry out jobs until stopped."""
+        log.info("recording worker %s waiting for jobs", self.name)
+        while not self._stopping.is_set():
+            try:
+                lease = await self._jobs.take(self.name, timeout=min(5.0, self._dead_after))
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "recording worker %s: job queue unreachable, retrying: %s", self.name, exc
+                )
+                await asyncio.sleep(QUEUE_RETRY)
+                continue
+            if lease is None:
+                continue
+            work = asyncio.ensure_future(self.carry_out(lease))
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not work.done():
+                work.cancel()
+            try:
+                await work
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                # Left held: taken up again later. A pause keeps a job that always fails
+                # from spinning this loop.
+                log.exception("recording worker %s: job %s failed", self.name, lease.job_id)
+                await asyncio.sleep(JOIN_RETRY)
+
+    async def carry_out(self, lease: Lease) -> None:
+        """Record and compose one job, holding it meanwhile; done only when finished."""
+        job = lease.job
+        log.info(
+            "worker %s took recording %d of room=%s%s",
+            self.name,
+            job.recording_id,
+            job.room,
+            " (from a worker that stopped)" if lease.reclaimed else "",
+        )
+        work = asyncio.ensure_future(self._job(job))
+        keeper = asyncio.ensure_future(self._keep(lease))
+        try:
+            await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, keeper):
+                task.cancel()
+            results = await asyncio.gather(work, keeper, return_exceptions=True)
+        if isinstance(results[1], LostJob):
+            log.warning(
+                "worker %s lost recording %d to another worker", self.name, job.recording_id
+            )
+            return
+        if isinstance(results[0], BaseException):
+            if isinstance(results[0], asyncio.CancelledError):
+                raise results[0]
+            raise results[0]
+        await self._jobs.done(lease)
+        self.jobs_done.inc()
+        log.info("worker %s finished recording %d", self.name, job.recording_id)
+
+    async def _keep(self, lease: Lease) -> None:
+        kept = time.monotonic()
+        while True:
+            await asyncio.sleep(self._dead_after / 3)
+            try:
+                if not await self._jobs.keep(lease):
+                    raise LostJob()
+                kept = time.monotonic()
+            except (RedisError, OSError) as exc:
+                # Past `dead_after` another worker may have taken the job: stop writing.
+                if time.monotonic() - kept >= self._dead_after:
+                    raise LostJob() from exc
+                log.warning("recording %d: job not refreshed: %s", lease.job.recording_id, exc)
+
+    async def _job(self, job: RecordingJob) -> None:
+        while True:
+            async with self._database.session() as db:
+                try:
+                    recording = await recordings.get_recording(db, job.recording_id)
+                except NotFound:
+                    log.warning("recording %d is gone from the catalogue", job.recording_id)
+                    return
+                state = recording.state
+                ended = recording.room.ended_at is not None
+            if state is RecordingState.PROCESSING:
+                await self._post.run(job.recording_id)
+                return
+            if state not in ACTIVE:
+                return  # ready or failed already
+            if ended:
+                # The meeting ended while nobody recorded it (its node gone, say).
+                async with self._database.session() as db, db.begin():
+                    await close_left_open(db, self.root, recording)
+                    await recordings.stop_recording(db, job.recording_id, datetime.now(UTC))
+                continue
+            why = await self._record_once(job)
+            if why is None:
+                await asyncio.sleep(JOIN_RETRY)
+
+    async def _record_once(self, job: RecordingJob) -> str | None:
+        """Join the room and record one segment; why it ended, or None if not let in."""
+        client = RoomClient(
+            job.node_url,
+            job.room,
+            mint_recorder_pass(self._key, room=job.room, recording_id=job.recording_id),
+        )
+        try:
+            try:
+                await client.join()
+            except JoinRefused as refused:
+                log.info("recording %d: not let in yet: %s", job.recording_id, refused)
+                return None
+            except (socketio.exceptions.ConnectionError, OSError) as exc:
+                log.info(
+                    "recording %d: node %s not reachable: %s", job.recording_id, job.node_url, exc
+                )
+                return None
+            try:
+                segment = await self._segment(job.recording_id)
+            except Conflict as exc:  # stopped between the join and now
+                log.info("recording %d: %s", job.recording_id, exc)
+                return "stopped"
+            recorder = RoomRecorder(
+                job.room,
+                self.root / str(job.recording_id),
+                StoreCatalogue(self._database, job.recording_id, segment, self.root),
+                segment,
+            )
+            log.info(
+                "worker %s recording room=%s recording=%d segment=%d",
+                self.name,
+                job.room,
+                job.recording_id,
+                segment,
+            )
+            try:
+                why = await client.record(recorder)
+            finally:
+                # Shielded: a worker told to stop still closes what it wrote.
+                await asyncio.shield(recorder.stop())
+            log.info("recording %d segment %d ended: %s", job.recording_id, segment, why)
+            return why
+        finally:
+            await client.close()
+
+    async def _segment(self, recording_id: int) -> int:
+        """The segment this recorder writes: the current one if nothing is in it yet, else the
+        next (a recording cut off before: interrupted, left-open files closed)."""
+        async with self._database.session() as db, db.begin():
+            recording = await recordings.get_recording(db, recording_id)
+            if recording.state not in ACTIVE:
+                raise Conflict(f"recording {recording_id} is {recording.state}")
+            began = any(f.segment == recording.segments for f in recording.files)
+            if recording.state is RecordingState.RECORDING and not began:
+                return recording.segments
+            if recording.state is RecordingState.RECORDING:
+                await recordings.mark_interrupted(db, recording_id, "its recorder stopped")
+            await close_left_open(db, self.root, recording)
+            segment = await recordings.resume_recording(db, recording_id)
+        self.recordings.labels(event="resumed").inc()
+        return segment
+
+
+async def serve_worker(config: Config, name: str, port: int | None) -> None:
+    """Run a worker until SIGTERM or SIGINT, with /healthz and /metrics on `port` if given."""
+    import redis.asyncio as aioredis
+    from aiohttp import web
+    from prometheus_client import generate_latest
+
+    from recording.jobs import RedisJobQueue
+    from server.secret_key import load_secret_key
+    from server.sfu.ice import restrict_host_addresses
+    from server.store.db import database_url
+
+    if not config.redis_url:
+        raise ConfigError("giaoban record takes its jobs from Redis: set REDIS_URL")
+    if config.ice_host_addresses:
+        restrict_host_addresses(config.ice_host_addresses)
+    client = aioredis.from_url(config.redis_url)
+    database = Database(database_url(config))
+    worker = RecordWorker(
+        name=name,
+        jobs=RedisJobQueue(client, config.redis_prefix, dead_after=config.recorder_dead_after),
+        database=database,
+        data_dir=config.data_dir,
+        secret_key=load_secret_key(config),
+        dead_after=config.recorder_dead_after,
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, worker.stop)
+    runner: web.AppRunner | None = None
+    if port is not None:
+        app = web.Application()
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(
+                body=generate_latest(worker.registry), content_type="text/plain", charset="utf-8"
+            )
+
+        async def healthz(request: web.Request) -> web.Response:
+            return web.json_response({"status": "ok", "worker": worker.name})
+
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, config.host, port).start()
+    try:
+        await worker.run()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await database.close()
+        await client.aclose()
+        log.info("recording worker %s stopped", name)
