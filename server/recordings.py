@@ -32,6 +32,7 @@ from server.recording_fields import SiteRef
 from server.store.models import (
     AccessLevel,
     Account,
+    AttendanceStay,
     MediaKind,
     Recording,
     RecordingAccess,
@@ -41,6 +42,7 @@ from server.store.models import (
     RecordingState,
     Role,
     RoomRecord,
+    Site,
     utcnow,
 )
 
@@ -236,6 +238,8 @@ async def start_recording(
         raise RoomEnded(f"room {room_slug!r} has ended")
     if await active_recording(db, room_slug) is not None:
         raise Conflict(f"room {room_slug!r} is already being recorded")
+    if chair_site is None:
+        chair_site = await _site_of_account(db, by_account_id or room.created_by_id)
     chair = fields.site_refs([chair_site])[0] if chair_site is not None else None
     recording = Recording(
         room_id=room.id,
@@ -264,6 +268,36 @@ async def start_recording(
         by_account_id,
     )
     return recording
+
+
+async def _site_of_account(db: AsyncSession, account_id: int) -> SiteRef | None:
+    """The chair unit of a recording: the site of the account that starts it (or of the room's
+    creator, for a start by a program or a guest link)."""
+    row = (
+        await db.execute(
+            select(Site.code, Site.name)
+            .join(Account, Account.site_id == Site.id)
+            .where(Account.id == account_id)
+        )
+    ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+async def _sites_present(
+    db: AsyncSession, room_id: int, start: datetime, end: datetime
+) -> list[SiteRef]:
+    """The sites of everyone who was in the meeting at some time between start and end."""
+    rows = await db.execute(
+        select(AttendanceStay.site_code, AttendanceStay.site_name)
+        .where(
+            AttendanceStay.room_id == room_id,
+            AttendanceStay.site_code.is_not(None),
+            AttendanceStay.joined_at < end,
+            or_(AttendanceStay.left_at.is_(None), AttendanceStay.left_at > start),
+        )
+        .order_by(AttendanceStay.joined_at, AttendanceStay.id)
+    )
+    return [(code, name or code) for code, name in rows]
 
 
 async def add_sites(db: AsyncSession, recording_id: int, sites: Iterable[SiteRef]) -> Recording:
@@ -405,8 +439,9 @@ async def _move(
 
 
 async def stop_recording(db: AsyncSession, recording_id: int, at: datetime) -> Recording:
-    """Stopped at `at`: from recording or interrupted to processing (progress 0)."""
-    return await _move(
+    """Stopped at `at`: from recording or interrupted to processing (progress 0). The sites of
+    everyone attending while it recorded join its participating sites."""
+    recording = await _move(
         db,
         recording_id,
         STOPPABLE,
@@ -414,6 +449,10 @@ async def stop_recording(db: AsyncSession, recording_id: int, at: datetime) -> R
         stopped_at=fields.check_aware(at, "stop time"),
         processing_progress=0,
     )
+    present = await _sites_present(db, recording.room_id, recording.started_at, at)
+    if present:
+        await add_sites(db, recording_id, present)
+    return recording
 
 
 async def mark_interrupted(db: AsyncSession, recording_id: int, reason: str) -> Recording:

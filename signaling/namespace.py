@@ -645,7 +645,10 @@ class MeetingNamespace(socketio.AsyncNamespace):
         room = self.rooms.by_name.get(room_name)
         if room is None:
             return 0
-        sids = [self.participant_sids.get(p.id) for p in list(room.participants.values())]
+        # People first: the recording stops as the last of them goes, and a recorder taken
+        # out before that would count as lost.
+        everyone = sorted(room.participants.values(), key=lambda p: p.hidden)
+        sids = [self.participant_sids.get(p.id) for p in everyone]
         sids += [self.waiting_sids.get(entry_id) for entry_id in list(room.lobby)]
         log.info("meeting ended room=%s by=%s people=%d", room_name, by, len(sids))
         for sid in sids:

@@ -192,3 +192,26 @@ async def test_a_node_that_records_itself_lets_no_recorder_in(
     _, ack = await recorder(node, pass_, peers)
     assert ack["error"]["code"] == "forbidden"
     await host._ok("stop_recording", {})
+
+
+async def test_ending_the_meeting_stops_the_recording_and_lets_the_recorder_go(
+    workers_node: Node, peers: list[Peer]
+) -> None:
+    node = workers_node
+    host = await joined(node, "Chủ trì", "host", peers)
+    recording_id = (await host._ok("start_recording", {}))["recording_id"]
+    pass_ = mint_recorder_pass(node.app[SECRET_KEY], room=ROOM, recording_id=recording_id)
+    rec, ack = await recorder(node, pass_, peers)
+    assert "ok" in ack, ack
+    await joined(node, "Xã Sau", "member", peers)  # in the room after the recorder
+
+    await host._ok("end", {})
+    await rec.wait_event("recording_stopped")
+
+    async def processing() -> bool:
+        return await state(node, recording_id) == "processing"
+
+    await host.wait_for(processing, 5, "the recording stopped")
+    metrics = await _metrics(node)
+    assert 'giaoban_recordings_total{event="stopped"} 1.0' in metrics
+    assert 'event="interrupted"' not in metrics  # the recorder was let go, not lost

@@ -665,3 +665,50 @@ async def test_who_may_see_a_recording_by_access_level(
     assert found == ([rec.id] if host_sees else [])
     assert await _search(world, room_ids=[rec.room_id]) == [rec.id]
     assert await _search(world, access_levels=[level]) == [rec.id]
+
+
+async def test_chair_unit_and_participating_sites_come_from_the_meeting(world: World) -> None:
+    """The chair unit is the starting host's site; at the stop, the sites of everyone who
+    attended while it recorded (not those who had left before) join the participating sites."""
+    from server import attendance
+    from server.store.models import Site, SiteLevel
+
+    async def setup(s: AsyncSession) -> None:
+        province = Site(code="01", name="Tỉnh Thử", level=SiteLevel.PROVINCE)
+        s.add(province)
+        await s.flush()
+        host = await s.get(Account, world.host.id)
+        assert host is not None
+        host.site_id = province.id
+
+    await _in(world.database, setup)
+    now = datetime.now(UTC)
+
+    async def stay(code: str, name: str, joined: datetime, left: datetime | None) -> None:
+        async def enter(s: AsyncSession) -> None:
+            stay_id = await attendance.record_entry(
+                s,
+                "giao-ban",
+                account_id=None,
+                token_id=f"link-{code}",
+                name=f"Đại biểu {name}",
+                site_code=code,
+                site_name=name,
+                role="member",
+                at=joined,
+            )
+            if left is not None:
+                await attendance.record_exit(s, stay_id, left)
+
+        await _in(world.database, enter)
+
+    await stay("01-900", "Xã Đã Về", now - timedelta(hours=2), now - timedelta(hours=1))
+    await stay("01-001", "Xã Một", now - timedelta(minutes=5), None)
+    started = await _start(world)
+    assert (started.chair_site_code, started.chair_site_name) == ("01", "Tỉnh Thử")
+    await stay("01-002", "Xã Hai", datetime.now(UTC), datetime.now(UTC) + timedelta(seconds=1))
+    await _call(world, "stop_recording", started.id, datetime.now(UTC) + timedelta(minutes=1))
+    stopped = await _call(world, "get_recording", started.id)
+    assert recording_fields.sites_of(stopped) == [("01-001", "Xã Một"), ("01-002", "Xã Hai")]
+    found = await _in(world.database, lambda s: recordings.search_recordings(s, site_code="01-002"))
+    assert [r.id for r in found] == [started.id]
