@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -218,6 +219,11 @@ def make_app(config: Config) -> web.Application:
             log.info(
                 "presence in Redis (%s): node %s %s", presence_url(config), cluster.node_id, state
             )
+        # What imports and start-up made stays for the node's life (~150k objects); a full
+        # collection over them stalls the event loop, so every forwarded packet, for ~0.1 s.
+        # Frozen, the collector only walks what the meetings themselves allocate.
+        gc.collect()
+        gc.freeze()
         log.info("node ready on %s", config.base_url)
         yield
         try:

@@ -15,6 +15,7 @@ storage when they run on different machines) and into the same database.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -304,6 +305,9 @@ async def serve_worker(config: Config, name: str, port: int | None) -> None:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, config.host, port).start()
+    # As in the node: start-up objects out of the collector's view, no long pauses mid-recording.
+    gc.collect()
+    gc.freeze()
     try:
         await worker.run()
     finally:
