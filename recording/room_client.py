@@ -32,11 +32,13 @@ KEYFRAME_INTERVAL = 0.5  # seconds between PLIs for one track
 
 
 class JoinRefused(Exception):
-    """The node did not let the recorder in: `code` as in signaling/PROTOCOL.md."""
+    """The node did not let the recorder in: `code` as in signaling/PROTOCOL.md; `home`, for
+    `wrong_node`, the base URL of the node the room's meeting runs on."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, url: str | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.home = url.split("/r/", 1)[0] if code == "wrong_node" and url else None
 
 
 @dataclass
@@ -117,7 +119,11 @@ class RoomClient:
         )
         if not isinstance(ack, dict) or "ok" not in ack:
             error = (ack or {}).get("error") or {} if isinstance(ack, dict) else {}
-            raise JoinRefused(str(error.get("code", "internal")), str(error.get("message", ack)))
+            raise JoinRefused(
+                str(error.get("code", "internal")),
+                str(error.get("message", ack)),
+                error.get("url") if isinstance(error.get("url"), str) else None,
+            )
         joined = ack["ok"]
         for described in joined.get("participants", []):
             self._participant(described)

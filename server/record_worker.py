@@ -172,6 +172,7 @@ class RecordWorker:
                 log.warning("recording %d: job not refreshed: %s", lease.job.recording_id, exc)
 
     async def _job(self, job: RecordingJob) -> None:
+        node_url = job.node_url  # where the room's media is; follows it if the room moves
         while True:
             async with self._database.session() as db:
                 try:
@@ -192,14 +193,15 @@ class RecordWorker:
                     await close_left_open(db, self.root, recording)
                     await recordings.stop_recording(db, job.recording_id, datetime.now(UTC))
                 continue
-            why = await self._record_once(job)
+            why, node_url = await self._record_once(job, node_url)
             if why is None:
                 await asyncio.sleep(JOIN_RETRY)
 
-    async def _record_once(self, job: RecordingJob) -> str | None:
-        """Join the room and record one segment; why it ended, or None if not let in."""
+    async def _record_once(self, job: RecordingJob, node_url: str) -> tuple[str | None, str]:
+        """Join the room and record one segment: why it ended (None if not let in), and the
+        node to try next (another, when the room's home moved)."""
         client = RoomClient(
-            job.node_url,
+            node_url,
             job.room,
             mint_recorder_pass(self._key, room=job.room, recording_id=job.recording_id),
         )
@@ -208,17 +210,17 @@ class RecordWorker:
                 await client.join()
             except JoinRefused as refused:
                 log.info("recording %d: not let in yet: %s", job.recording_id, refused)
-                return None
+                if refused.home is not None:
+                    return None, refused.home
+                return None, node_url
             except (socketio.exceptions.ConnectionError, OSError) as exc:
-                log.info(
-                    "recording %d: node %s not reachable: %s", job.recording_id, job.node_url, exc
-                )
-                return None
+                log.info("recording %d: node %s not reachable: %s", job.recording_id, node_url, exc)
+                return None, job.node_url
             try:
                 segment = await self._segment(job.recording_id)
             except Conflict as exc:  # stopped between the join and now
                 log.info("recording %d: %s", job.recording_id, exc)
-                return "stopped"
+                return "stopped", node_url
             recorder = RoomRecorder(
                 job.room,
                 self.root / str(job.recording_id),
@@ -238,7 +240,7 @@ class RecordWorker:
                 # Shielded: a worker told to stop still closes what it wrote.
                 await asyncio.shield(recorder.stop())
             log.info("recording %d segment %d ended: %s", job.recording_id, segment, why)
-            return why
+            return why, node_url
         finally:
             await client.close()
 
