@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 import unicodedata
@@ -26,6 +27,21 @@ from recording.track_writer import TrackWriter
 log = logging.getLogger(__name__)
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def fsync_in_thread(fd: int) -> None:
+    """fsync and close `fd` (a duplicate of a recorded file's) in the loop's default executor,
+    so that a slow disk never holds up the media loop."""
+
+    def sync() -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            log.warning("recording: fsync failed: %s", exc)
+        finally:
+            os.close(fd)
+
+    asyncio.get_running_loop().run_in_executor(None, sync)
 
 
 def _file_name_part(name: str) -> str:
@@ -130,6 +146,7 @@ class RoomRecorder:
             mime_type=mime,
             clock_rate=getattr(codec, "clockRate", 90000),
             channels=getattr(codec, "channels", None) or 2,
+            fsync=fsync_in_thread,
         )
         file = TrackFile(
             path=path,

@@ -22,6 +22,7 @@ import logging
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -95,6 +96,7 @@ class TrackWriter:
         channels: int = 2,
         label: str = "",
         fsync_interval: float | None = FSYNC_INTERVAL,
+        fsync: Callable[[int], None] | None = None,
     ) -> None:
         codec = mime_type.split("/")[-1].lower()
         if (kind, codec) not in (("audio", "opus"), ("video", "vp8"), ("video", "h264")):
@@ -108,6 +110,9 @@ class TrackWriter:
         self.channels = 1 if channels == 1 else 2
         self.label = label or self.path.name
         self._fsync_interval = fsync_interval
+        # Given a duplicate of the file's descriptor to fsync and close, elsewhere (a thread:
+        # an fsync on a slow disk must not hold up the loop that forwards media). None: here.
+        self._fsync_elsewhere = fsync
         self._codec_params = RTCRtpCodecParameters(
             mimeType=mime_type, clockRate=clock_rate, channels=channels, payloadType=0
         )
@@ -316,7 +321,10 @@ class TrackWriter:
             self._file.flush()
             if self._fsync_interval is not None and now - self._last_fsync >= self._fsync_interval:
                 self._last_fsync = now
-                os.fsync(self._file.fileno())
+                if self._fsync_elsewhere is not None:
+                    self._fsync_elsewhere(os.dup(self._file.fileno()))
+                else:
+                    os.fsync(self._file.fileno())
         except OSError as exc:
             self._problem("flush", str(exc), count=False)
 

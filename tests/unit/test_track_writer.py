@@ -434,3 +434,38 @@ def test_picture_size_from_keyframes(width: int, height: int) -> None:
         data = b"".join(depayload(codec, p.payload) for p in source.packets(frame))
         size = _vp8_size(data) if mime == "video/VP8" else _h264_size(data)
         assert size == (width, height), mime
+
+
+def test_fsync_goes_elsewhere_with_a_descriptor_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `fsync` given, the writer never fsyncs while writing: it hands over a duplicate of
+    its file's descriptor (the recorder fsyncs it in a thread), about once per FSYNC_INTERVAL."""
+    import os
+    import time as real_time
+
+    from recording import track_writer
+
+    clock = [real_time.monotonic()]
+    monkeypatch.setattr(track_writer.time, "monotonic", lambda: clock[0])
+    on_the_loop: list[int] = []
+    monkeypatch.setattr(track_writer.os, "fsync", on_the_loop.append)
+    handed: list[tuple[int, int]] = []
+
+    def elsewhere(fd: int) -> None:
+        handed.append((os.fstat(fd).st_ino, os.fstat(fd).st_size))
+        os.close(fd)
+
+    path = tmp_path / "camera.webm"
+    writer = TrackWriter(
+        path, kind="video", mime_type="video/VP8", clock_rate=90_000, fsync=elsewhere
+    )
+    for frame in vp8_stream(FPS * SECONDS):
+        clock[0] += 1 / FPS  # media time and the writer's clock advance together
+        write_all(writer, frame)
+    assert on_the_loop == []
+    writer.close()  # the last fsync is close's own: the recorder closes in a thread
+    assert SECONDS - 1 <= len(handed) <= SECONDS + 1, handed
+    assert {inode for inode, _ in handed} == {path.stat().st_ino}
+    sizes = [size for _, size in handed]
+    assert sizes == sorted(sizes) and sizes[-1] > 0
