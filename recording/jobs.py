@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -104,6 +106,14 @@ class JobQueue(Protocol):
         """Jobs put and not done, queued or held."""
         ...
 
+    async def announce(self, worker: str, info: Mapping[str, str]) -> None:
+        """`worker` is alive (for `dead_after` seconds from now), with `info` to show."""
+        ...
+
+    async def workers(self) -> dict[str, dict[str, str]]:
+        """The workers announced within the last `dead_after` seconds, with their info."""
+        ...
+
     async def close(self) -> None:
         """Stop handing out jobs: later and waiting `take` calls return None."""
         ...
@@ -163,6 +173,7 @@ class LocalJobQueue:
         self._seq = itertools.count(1)
         self._changed = asyncio.Condition()
         self._closed = False
+        self._alive: dict[str, tuple[float, dict[str, str]]] = {}  # worker → (until, info)
 
     async def put(self, job: RecordingJob) -> str:
         """Queue `job`; returns its local job id."""
@@ -253,6 +264,17 @@ class LocalJobQueue:
         """Jobs put and not done (queued or held)."""
         return len(self._jobs)
 
+    async def announce(self, worker: str, info: Mapping[str, str]) -> None:
+        """`worker` is alive for `dead_after` seconds from now."""
+        self._alive[worker] = (time.monotonic() + self.dead_after, dict(info))
+
+    async def workers(self) -> dict[str, dict[str, str]]:
+        """The workers announced within the last `dead_after` seconds."""
+        now = time.monotonic()
+        for worker in [w for w, (until, _) in self._alive.items() if until <= now]:
+            del self._alive[worker]
+        return {worker: dict(info) for worker, (_, info) in self._alive.items()}
+
     async def close(self) -> None:
         """Wake every waiting `take` with None; later takes return None at once."""
         async with self._changed:
@@ -313,6 +335,9 @@ class RedisJobQueue:
         group: str = "recorders",
     ) -> None:
         self.key = f"{prefix}recording:jobs"
+        self._workers_prefix = f"{prefix}recording:workers:"
+        # SCAN MATCH reads * ? [ ] \ as a pattern: a prefix is plain text, so they are escaped.
+        self._workers_match = re.sub(r"([*?\[\]\\])", r"\\\1", self._workers_prefix) + "*"
         self.group = group
         self.dead_after = dead_after
         self._redis = client
@@ -450,6 +475,27 @@ class RedisJobQueue:
     async def pending(self) -> int:
         """XLEN of the stream: done entries are deleted from it."""
         return int(await self._redis.xlen(self.key))
+
+    async def announce(self, worker: str, info: Mapping[str, str]) -> None:
+        """A key per worker that expires `dead_after` seconds from now, holding `info`."""
+        ttl_ms = max(1, int(self.dead_after * 1000))
+        await self._redis.set(f"{self._workers_prefix}{worker}", json.dumps(dict(info)), px=ttl_ms)
+
+    async def workers(self) -> dict[str, dict[str, str]]:
+        """The workers whose keys have not expired."""
+        keys = [_text(k) async for k in self._redis.scan_iter(match=self._workers_match)]
+        if not keys:
+            return {}
+        found: dict[str, dict[str, str]] = {}
+        for key, value in zip(keys, await self._redis.mget(keys), strict=True):
+            if value is None:
+                continue  # expired between the scan and the read
+            try:
+                info = json.loads(_text(value))
+            except ValueError:
+                info = {}
+            found[key[len(self._workers_prefix) :]] = info if isinstance(info, dict) else {}
+        return found
 
     async def close(self) -> None:
         """Stop handing out jobs (a blocked take returns after its slice); the client stays open."""

@@ -466,7 +466,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Start or stop recording the room's live meeting (its hosts)",
         body=m.RecordingChange,
         response=m.RecordingStatus,
-        errors=(*BODY_ERRORS, 403, 404, 409),
+        errors=(*BODY_ERRORS, 403, 404, 409, 503),
     ),
     Endpoint(
         "POST",

@@ -18,6 +18,7 @@ from server.errors import (
     Conflict,
     Forbidden,
     GiaoBanError,
+    NoRecorder,
     NotFound,
     RoomEnded,
     TooLarge,
@@ -66,6 +67,7 @@ STATUSES: tuple[tuple[type[GiaoBanError], int], ...] = (
     (RoomEnded, 410),
     (TooLarge, 413),
     (UnsupportedMediaType, 415),
+    (NoRecorder, 503),
 )
 REASONS = {
     400: "Bad request: malformed JSON, a wrong type, an unknown field, a bad value",
@@ -76,6 +78,7 @@ REASONS = {
     410: "The room has ended",
     413: f"The body is larger than {MAX_BODY // 1024} KiB",
     415: "The body is not application/json",
+    503: "No recording worker is running (nodes with GIAOBAN_RECORDER=workers)",
 }
 
 

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -131,7 +132,28 @@ async def dashboard_data(request: web.Request) -> web.Response:
             titles = {row.slug: row.title for row in found}
     data = build_dashboard(sites, nodes, participants, titles)
     data["now"] = time.time()
+    data["recorders"] = await _recorders(request)
     return _json(data)
+
+
+async def _recorders(request: web.Request) -> dict[str, Any] | None:
+    """The `giaoban record` workers alive now, when they record this cluster's meetings."""
+    from server.app import RECORDING  # here: server.app imports this module
+
+    jobs = request.app[RECORDING].jobs
+    if jobs is None:
+        return None  # the nodes record themselves
+    try:
+        alive = await jobs.workers()
+        pending = await jobs.pending()
+    except (RedisError, OSError) as exc:
+        log.warning("dashboard: recording workers unknown: %s", exc)
+        return {"workers": [], "pending": None, "unknown": True}
+    workers = [
+        {"name": name, "recording": info.get("recording") or None}
+        for name, info in sorted(alive.items())
+    ]
+    return {"workers": workers, "pending": pending, "unknown": False}
 
 
 # --- one room ---------------------------------------------------------------------------------

@@ -134,3 +134,11 @@ class TooMany(GiaoBanError):
     code = "rate_limited"
     message_vi = "Gửi quá nhanh, vui lòng chờ một chút"
     message_en = "Too many requests: wait a moment"
+
+
+class NoRecorder(GiaoBanError):
+    """Recording is done by `giaoban record` workers and none is running."""
+
+    code = "no_recorder"
+    message_vi = "Không có máy ghi hình nào đang chạy"
+    message_en = "No recording worker is running"

@@ -91,14 +91,33 @@ class RecordWorker:
         )
         self._post = PostProcessing(database, self.root, self.recordings)
         self._stopping = asyncio.Event()
+        self._current: int | None = None  # the recording in hand
 
     def stop(self) -> None:
         """Finish the current wait; a job in hand is left held (another worker takes it)."""
         self._stopping.set()
 
     async def run(self) -> None:
-        """Take and carry out jobs until stopped."""
+        """Take and carry out jobs until stopped, telling the nodes it is alive meanwhile."""
         log.info("recording worker %s waiting for jobs", self.name)
+        announcing = asyncio.ensure_future(self._announce())
+        try:
+            await self._take_jobs()
+        finally:
+            announcing.cancel()
+            await asyncio.gather(announcing, return_exceptions=True)
+
+    async def _announce(self) -> None:
+        # Nodes start recordings only while some worker is alive (RecordingControl.start).
+        while True:
+            busy = self._current
+            try:
+                await self._jobs.announce(self.name, {"recording": str(busy) if busy else ""})
+            except (RedisError, OSError) as exc:
+                log.debug("recording worker %s: not announced: %s", self.name, exc)
+            await asyncio.sleep(self._dead_after / 3)
+
+    async def _take_jobs(self) -> None:
         while not self._stopping.is_set():
             try:
                 lease = await self._jobs.take(self.name, timeout=min(5.0, self._dead_after))
@@ -138,9 +157,11 @@ class RecordWorker:
         )
         work = asyncio.ensure_future(self._job(job))
         keeper = asyncio.ensure_future(self._keep(lease))
+        self._current = job.recording_id
         try:
             await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._current = None
             for task in (work, keeper):
                 task.cancel()
             results = await asyncio.gather(work, keeper, return_exceptions=True)

@@ -25,7 +25,7 @@ from recording.jobs import JobQueue, LocalJobQueue, RecordingJob
 from recording.recorder import RoomRecorder, TrackFile
 from server import recordings
 from server.admission import Entrant
-from server.errors import Conflict, Forbidden
+from server.errors import Conflict, Forbidden, NoRecorder
 from server.metrics import Metrics
 from server.room import Room
 from server.store.db import Database
@@ -362,6 +362,9 @@ class RecordingControl:
         is."""
         if room.recording_id is not None or room.recorder is not None:
             raise Conflict("the room is already being recorded")
+        if self.jobs is not None and not await self.jobs.workers():
+            # Started anyway, the indicator would say "recording" while nothing is written.
+            raise NoRecorder("start `giaoban record` with this cluster's REDIS_URL")
         async with self._database.session() as db, db.begin():
             record = await recordings.start_recording(db, room.name, by_account_id=by_account_id)
             recording_id = record.id

@@ -6,12 +6,15 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from argon2 import PasswordHasher
 
+from recording.jobs import RedisJobQueue
 from server.accounts import create_account, find_account
 from server.app import DATABASE, SECRET_KEY, SHUTDOWN_TIMEOUT, STATS, make_app
 from server.config import Config
@@ -185,3 +188,38 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
         yield prefix
     finally:
         await delete_prefix(redis_url, prefix)
+
+
+# --- a node whose recordings `giaoban record` workers make ------------------------------------
+
+
+@pytest.fixture
+async def workers_node(tmp_path: Path, redis_url: str, redis_prefix: str) -> AsyncIterator[Node]:
+    """A node with GIAOBAN_RECORDER=workers on the test Redis (under the test's own prefix)."""
+    config = Config(
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp_path,
+        ice_host_addresses=("127.0.0.1",),
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        recorder="workers",
+    )
+    running = await Node.start(config)
+    try:
+        yield running
+    finally:
+        await running.server.close()
+
+
+@pytest.fixture
+async def worker_queue(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisJobQueue]:
+    """The job queue as a worker sees it, with one worker announced alive (this test)."""
+    client = aioredis.from_url(redis_url)
+    queue = RedisJobQueue(client, redis_prefix, dead_after=30)
+    await queue.announce("w-test", {"recording": ""})
+    try:
+        yield queue
+    finally:
+        await queue.close()
+        await client.aclose()

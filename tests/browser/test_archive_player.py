@@ -10,21 +10,13 @@ from pathlib import Path
 
 from playwright.async_api import ElementHandle, Page, Response
 
-from tests.conftest import TEST_PASSWORD
 from tests.support.archive import make_recording, recordings_root
+from tests.support.browser import sign_in
 
 SECONDS = 8.0  # long enough to seek well past what has played
 SEEK_TO = 6.0
 TRACK = "giao-ban-thuy-loi/1/an-video.mkv"  # VP8 in Matroska, as the recorder writes
 COMPOSITE = "giao-ban-thuy-loi/1/composite.mp4"  # H.264 + AAC, as post-processing writes
-
-
-async def sign_in(page: Page, node, username: str) -> None:  # type: ignore[no-untyped-def]
-    await page.goto(f"{node.url}/login", wait_until="domcontentloaded")
-    await page.fill("#username", username)
-    await page.fill("#password", TEST_PASSWORD)
-    await page.click("#login-form [type=submit]")
-    await page.wait_for_selector(".account-name")
 
 
 async def play_and_seek(

@@ -5,21 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from playwright.async_api import Page
-
 from server.app import DATABASE, SECRET_KEY
 from server.invitations import mint_invitation
 from server.store.models import Site, SiteLevel
-from tests.conftest import TEST_PASSWORD
+from tests.support.browser import sign_in
 from tests.support.peer import Peer
-
-
-async def sign_in(page: Page, node, username: str) -> None:  # type: ignore[no-untyped-def]
-    await page.goto(f"{node.url}/login", wait_until="domcontentloaded")
-    await page.fill("#username", username)
-    await page.fill("#password", TEST_PASSWORD)
-    await page.click("#login-form [type=submit]")
-    await page.wait_for_selector(".account-name")
 
 
 async def add_sites(node) -> None:  # type: ignore[no-untyped-def]
@@ -80,3 +70,46 @@ async def test_the_dashboard_follows_a_commune_joining_and_leaving(node, new_pag
     await node.server.close()
     await page.wait_for_selector("#dash-stale:not([hidden])")
     assert "Not updating since" in await page.inner_text("#dash-stale")
+
+
+async def test_operators_see_whether_recording_workers_run(  # type: ignore[no-untyped-def]
+    workers_node, redis_url, redis_prefix, new_page
+) -> None:
+    """On a cluster whose recordings workers make, the dashboard says how many run, and that
+    none does (so recordings cannot start) when the last one falls silent."""
+    import redis.asyncio as aioredis
+
+    from recording.jobs import RedisJobQueue
+
+    node = workers_node
+    await node.account("quan-tri", "admin")
+    page = await new_page()
+    await sign_in(page, node, "quan-tri")
+    await page.goto(f"{node.url}/dashboard", wait_until="domcontentloaded")
+    summary = page.locator("#dash-recorders-summary")
+    await page.wait_for_selector('#dash-recorders-summary[data-count="0"]')
+    assert await page.is_visible("#dash-recorders")
+    assert "Không có máy ghi hình nào đang chạy" in await summary.inner_text()
+
+    client = aioredis.from_url(redis_url)
+    queue = RedisJobQueue(client, redis_prefix, dead_after=3)
+    try:
+        await queue.announce("ghi-hinh-1", {"recording": ""})
+        await page.wait_for_selector('#dash-recorders-summary[data-count="1"]')
+        assert "1 máy ghi hình đang chạy" in await summary.inner_text()
+        item = page.locator('#dash-recorders-list [data-recorder="ghi-hinh-1"]')
+        assert "đang chờ việc" in await item.inner_text()
+        # Silent for longer than dead_after: gone again, without a reload.
+        await page.wait_for_selector('#dash-recorders-summary[data-count="0"]', timeout=10_000)
+    finally:
+        await queue.close()
+        await client.aclose()
+
+
+async def test_a_node_that_records_itself_shows_no_recording_workers(node, new_page) -> None:  # type: ignore[no-untyped-def]
+    await node.account("quan-tri", "admin")
+    page = await new_page()
+    await sign_in(page, node, "quan-tri")
+    await page.goto(f"{node.url}/dashboard", wait_until="domcontentloaded")
+    await page.wait_for_selector("#dash-nodes tbody tr")
+    assert await page.is_hidden("#dash-recorders")

@@ -11,16 +11,7 @@ import re
 from playwright.async_api import Page
 
 from server.app import ROOMS
-from tests.conftest import TEST_PASSWORD
-from tests.support.browser import wait_for_remote_video
-
-
-async def sign_in(page: Page, node, username: str) -> None:  # type: ignore[no-untyped-def]
-    await page.goto(f"{node.url}/login", wait_until="domcontentloaded")
-    await page.fill("#username", username)
-    await page.fill("#password", TEST_PASSWORD)
-    await page.click("#login-form [type=submit]")
-    await page.wait_for_selector(".account-name")
+from tests.support.browser import sign_in, wait_for_remote_video
 
 
 async def enter_meeting(page: Page, name: str) -> None:

@@ -12,9 +12,9 @@ from playwright.async_api import Response
 
 from server.app import DATABASE, ROOMS
 from server.recordings import get_recording
-from tests.browser.test_archive_player import download, play_and_seek, sign_in
+from tests.browser.test_archive_player import download, play_and_seek
 from tests.support.archive import recordings_root
-from tests.support.browser import join_via_ui, wait_for_remote_video
+from tests.support.browser import join_via_ui, sign_in, wait_for_remote_video
 from tests.support.wait import eventually
 
 ROOM = "ghi-hinh-ui"

@@ -127,6 +127,7 @@ async def test_the_tree_follows_a_participant_joining_and_leaving(
     status, data, cache = await get_json(http, url)
     assert status == 200
     assert cache == "no-store"
+    assert data["recorders"] is None  # this node records its meetings itself
     assert data["totals"] == {
         "province": {"online": 0, "total": 1},
         "commune": {"online": 0, "total": 2},

@@ -6,39 +6,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from recording.jobs import RedisJobQueue
 from server.app import DATABASE, SECRET_KEY
-from server.config import Config
 from server.invitations import mint_invitation, mint_recorder_pass
-from server.recordings import get_recording
+from server.recordings import active_recording, get_recording
 from tests.conftest import Node
 from tests.support.media import BarcodeVideoTrack
 from tests.support.peer import Peer, SignalingError
 
 ROOM = "ghi-hinh-tho"
-
-
-@pytest.fixture
-async def workers_node(tmp_path: Path, redis_url: str, redis_prefix: str) -> AsyncIterator[Node]:
-    config = Config(
-        host="127.0.0.1",
-        port=0,
-        data_dir=tmp_path,
-        ice_host_addresses=("127.0.0.1",),
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        recorder="workers",
-    )
-    running = await Node.start(config)
-    try:
-        yield running
-    finally:
-        await running.server.close()
 
 
 async def joined(node: Node, name: str, role: str, peers: list[Peer]) -> Peer:
@@ -71,7 +51,7 @@ async def peers() -> AsyncIterator[list[Peer]]:
 
 
 async def test_the_recorder_is_hidden_receives_only_and_its_loss_interrupts(
-    workers_node: Node, redis_url: str, redis_prefix: str, peers: list[Peer]
+    workers_node: Node, worker_queue: RedisJobQueue, peers: list[Peer]
 ) -> None:
     node = workers_node
     host = await joined(node, "Chủ trì", "host", peers)
@@ -81,16 +61,10 @@ async def test_the_recorder_is_hidden_receives_only_and_its_loss_interrupts(
     key = node.app[SECRET_KEY]
 
     # The node recorded nothing itself: it put one job on the queue for a worker.
-    client = aioredis.from_url(redis_url)
-    queue = RedisJobQueue(client, redis_prefix, dead_after=30)
-    try:
-        lease = await queue.take("w-test", timeout=2)
-        assert lease is not None and await queue.pending() == 1
-        assert (lease.job.recording_id, lease.job.room) == (recording_id, ROOM)
-        assert lease.job.node_url == node.config.base_url
-    finally:
-        await queue.close()
-        await client.aclose()
+    lease = await worker_queue.take("w-test", timeout=2)
+    assert lease is not None and await worker_queue.pending() == 1
+    assert (lease.job.recording_id, lease.job.room) == (recording_id, ROOM)
+    assert lease.job.node_url == node.config.base_url
     assert await state(node, recording_id) == "recording"
 
     # Passes that are not for this recording, this room, or not recorder passes at all.
@@ -195,7 +169,7 @@ async def test_a_node_that_records_itself_lets_no_recorder_in(
 
 
 async def test_ending_the_meeting_stops_the_recording_and_lets_the_recorder_go(
-    workers_node: Node, peers: list[Peer]
+    workers_node: Node, worker_queue: RedisJobQueue, peers: list[Peer]
 ) -> None:
     node = workers_node
     host = await joined(node, "Chủ trì", "host", peers)
@@ -215,3 +189,54 @@ async def test_ending_the_meeting_stops_the_recording_and_lets_the_recorder_go(
     metrics = await _metrics(node)
     assert 'giaoban_recordings_total{event="stopped"} 1.0' in metrics
     assert 'event="interrupted"' not in metrics  # the recorder was let go, not lost
+
+
+async def test_no_recording_starts_while_no_worker_runs(
+    workers_node: Node, redis_url: str, redis_prefix: str, peers: list[Peer]
+) -> None:
+    node = workers_node
+    host = await joined(node, "Chủ trì", "host", peers)
+    member = await joined(node, "Xã Nam", "member", peers)
+    answer = await host.request("start_recording", {})
+    assert answer["error"]["code"] == "no_recorder", answer
+    assert "Không có máy ghi hình" in answer["error"]["message"]
+    assert host.last_event("room_updated") is None and member.last_event("room_updated") is None
+    async with node.app[DATABASE].session() as db:
+        assert await active_recording(db, ROOM) is None
+
+    # A worker comes up: the same request starts the recording.
+    client = aioredis.from_url(redis_url)
+    queue = RedisJobQueue(client, redis_prefix, dead_after=30)
+    try:
+        await queue.announce("w-late", {})
+        started = await host._ok("start_recording", {})
+        assert started["recording"] is True and await queue.pending() == 1
+    finally:
+        await queue.close()
+        await client.aclose()
+
+
+async def test_the_dashboard_shows_the_recording_workers(
+    workers_node: Node, worker_queue: RedisJobQueue, peers: list[Peer]
+) -> None:
+    import aiohttp
+
+    from tests.functional.test_dashboard_pages import get_json, sign_in
+
+    node = workers_node
+    await node.account("quan-tri", "admin")
+    host = await joined(node, "Chủ trì", "host", peers)
+    recording_id = (await host._ok("start_recording", {}))["recording_id"]
+    await worker_queue.announce("w-busy", {"recording": str(recording_id)})
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        await sign_in(http, node, "quan-tri")
+        status, data, _ = await get_json(http, node.url + "/dashboard/data.json")
+    assert status == 200
+    assert data["recorders"] == {
+        "workers": [
+            {"name": "w-busy", "recording": str(recording_id)},
+            {"name": "w-test", "recording": None},
+        ],
+        "pending": 1,
+        "unknown": False,
+    }

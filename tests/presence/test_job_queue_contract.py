@@ -332,6 +332,20 @@ async def test_close_ends_waiting_takes(make: Factory) -> None:
     assert await q.take("rec-a", timeout=5.0) is None
 
 
+async def test_announced_workers_are_listed_until_they_fall_silent(make: Factory) -> None:
+    a, b = await make(2)
+    assert await a.workers() == {}
+    await a.announce("rec-a", {"recording": "7"})
+    await b.announce("rec-b", {})
+    assert await b.workers() == {"rec-a": {"recording": "7"}, "rec-b": {}}
+    # rec-a keeps announcing, rec-b falls silent: after dead_after only rec-a is left.
+    deadline = time.monotonic() + DEAD * 1.5
+    while time.monotonic() < deadline:
+        await a.announce("rec-a", {"recording": "8"})
+        await asyncio.sleep(DEAD / 4)
+    assert await a.workers() == {"rec-a": {"recording": "8"}}
+
+
 # --------------------------------------------------------------------------- Redis only
 
 
@@ -443,3 +457,19 @@ async def test_redis_group_lost_is_recreated(client: aioredis.Redis, redis_prefi
     await q.put(job(1))
     lease = await q.take("rec-a", timeout=5.0)
     assert lease is not None and lease.job == job(1)
+
+
+async def test_redis_workers_under_a_prefix_with_pattern_characters(redis_url: str) -> None:
+    prefix = unique_prefix() + "a*b[c]?:"
+    client = aioredis.from_url(redis_url)
+    others = RedisJobQueue(client, unique_prefix(), dead_after=SLOW)
+    queue = RedisJobQueue(client, prefix, dead_after=SLOW)
+    try:
+        await others.announce("rec-other", {})
+        await queue.announce("rec-a", {"recording": "1"})
+        assert await queue.workers() == {"rec-a": {"recording": "1"}}
+        assert await others.workers() == {"rec-other": {}}
+    finally:
+        await delete_prefix(redis_url, prefix)
+        await delete_prefix(redis_url, others.key.removesuffix("recording:jobs"))
+        await client.aclose()

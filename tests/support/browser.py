@@ -6,6 +6,17 @@ from typing import Any
 
 from playwright.async_api import Page
 
+from tests.conftest import TEST_PASSWORD
+
+
+async def sign_in(page: Page, node: Any, username: str) -> None:
+    """Sign in through /login as `username` (password TEST_PASSWORD)."""
+    await page.goto(f"{node.url}/login", wait_until="domcontentloaded")
+    await page.fill("#username", username)
+    await page.fill("#password", TEST_PASSWORD)
+    await page.click("#login-form [type=submit]")
+    await page.wait_for_selector(".account-name")
+
 
 async def join_via_ui(page: Page, node: Any, room: str, name: str, role: str = "member") -> str:
     """Invitation link → pre-join check → meeting; returns the page's participant id."""

@@ -320,6 +320,38 @@ function drawRooms(data) {
   );
 }
 
+function drawRecorders(data) {
+  // null: the nodes record their meetings themselves, no workers to show.
+  const section = document.getElementById("dash-recorders");
+  const recorders = data.recorders;
+  section.hidden = !recorders;
+  if (!recorders) return;
+  const summary = document.getElementById("dash-recorders-summary");
+  const list = document.getElementById("dash-recorders-list");
+  if (recorders.unknown) {
+    setText(summary, "dashboard.recorders_unknown");
+  } else if (!recorders.workers.length) {
+    setText(summary, "dashboard.recorders_none", { pending: recorders.pending });
+  } else {
+    setText(summary, "dashboard.recorders_count", {
+      count: recorders.workers.length,
+      pending: recorders.pending,
+    });
+  }
+  summary.dataset.count = String(recorders.workers.length);
+  list.replaceChildren(
+    ...recorders.workers.map((worker) => {
+      const item = el("li", { attrs: { "data-recorder": worker.name } });
+      item.append(el("strong", { text: worker.name }), " ");
+      const state = worker.recording
+        ? tel("span", "dashboard.recorder_busy", { id: worker.recording })
+        : tel("span", "dashboard.recorder_idle");
+      item.append(state);
+      return item;
+    }),
+  );
+}
+
 function drawNodes(data) {
   const body = document.querySelector("#dash-nodes tbody");
   if (!data.nodes.length) {
@@ -377,6 +409,7 @@ function startTree() {
     drawTree(data, view);
     drawRooms(data);
     drawNodes(data);
+    drawRecorders(data);
   });
 }
 
