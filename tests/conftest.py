@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -124,14 +125,26 @@ class Node:
         self.app, self.server = fresh.app, fresh.server
 
 
-@pytest.fixture
-async def node(tmp_path) -> AsyncIterator[Node]:  # type: ignore[no-untyped-def]
-    config = Config(host="127.0.0.1", port=0, data_dir=tmp_path, ice_host_addresses=("127.0.0.1",))
+async def running_node(config: Config) -> AsyncIterator[Node]:
+    """A node of `config` on a free 127.0.0.1 port for the length of a fixture."""
     running = await Node.start(config)
     try:
         yield running
     finally:
         await running.server.close()
+
+
+def node_config(data_dir: Path, **settings: Any) -> Config:
+    """A node's config for tests: loopback only, a free port, `data_dir`, `settings`."""
+    return Config(
+        host="127.0.0.1", port=0, data_dir=data_dir, ice_host_addresses=("127.0.0.1",), **settings
+    )
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    async for running in running_node(node_config(tmp_path)):
+        yield running
 
 
 @pytest.fixture
@@ -196,20 +209,11 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def workers_node(tmp_path: Path, redis_url: str, redis_prefix: str) -> AsyncIterator[Node]:
     """A node with GIAOBAN_RECORDER=workers on the test Redis (under the test's own prefix)."""
-    config = Config(
-        host="127.0.0.1",
-        port=0,
-        data_dir=tmp_path,
-        ice_host_addresses=("127.0.0.1",),
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        recorder="workers",
+    config = node_config(
+        tmp_path, redis_url=redis_url, redis_prefix=redis_prefix, recorder="workers"
     )
-    running = await Node.start(config)
-    try:
+    async for running in running_node(config):
         yield running
-    finally:
-        await running.server.close()
 
 
 @pytest.fixture
