@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -90,8 +90,11 @@ class JobQueue(Protocol):
         """Queue `job`; returns its job id."""
         ...
 
-    async def take(self, worker: str, timeout: float) -> Lease | None:
-        """Wait up to `timeout` s: own held job, else a dead holder's, else a new one; None."""
+    async def take(
+        self, worker: str, timeout: float, holding: Collection[str] = ()
+    ) -> Lease | None:
+        """Wait up to `timeout` s: own held job, else a dead holder's, else a new one; None.
+        `holding`: job ids this worker is carrying out now (never handed to it again)."""
         ...
 
     async def keep(self, lease: Lease) -> bool:
@@ -187,13 +190,15 @@ class LocalJobQueue:
         _log_put(job_id, job)
         return job_id
 
-    async def take(self, worker: str, timeout: float) -> Lease | None:
+    async def take(
+        self, worker: str, timeout: float, holding: Collection[str] = ()
+    ) -> Lease | None:
         """Wait up to `timeout` s: own held job, then a reclaimable one, then a new one."""
         deadline = time.monotonic() + max(0.0, timeout)
         async with self._changed:
             while not self._closed:
                 now = time.monotonic()
-                lease = self._pick(worker, now)
+                lease = self._pick(worker, now, holding)
                 if lease is not None:
                     # A new lease is a new expiry: waiters recompute when to look again.
                     self._changed.notify_all()
@@ -210,8 +215,12 @@ class LocalJobQueue:
                     pass
         return None
 
-    def _pick(self, worker: str, now: float) -> Lease | None:
-        own = [job_id for job_id, hold in self._held.items() if hold.worker == worker]
+    def _pick(self, worker: str, now: float, holding: Collection[str]) -> Lease | None:
+        own = [
+            job_id
+            for job_id, hold in self._held.items()
+            if hold.worker == worker and job_id not in holding
+        ]
         if own:
             # A restarted worker keeps its name and gets its unfinished job back first.
             job_id = min(own, key=self._order.__getitem__)
@@ -220,7 +229,9 @@ class LocalJobQueue:
             _log_taken(lease, "taken back")
             return lease
         dead = [
-            job_id for job_id, hold in self._held.items() if now - hold.kept_at >= self.dead_after
+            job_id
+            for job_id, hold in self._held.items()
+            if now - hold.kept_at >= self.dead_after and job_id not in holding
         ]
         if dead:
             job_id = min(dead, key=self._order.__getitem__)
@@ -369,13 +380,15 @@ class RedisJobQueue:
         _log_put(job_id, job)
         return job_id
 
-    async def take(self, worker: str, timeout: float) -> Lease | None:
+    async def take(
+        self, worker: str, timeout: float, holding: Collection[str] = ()
+    ) -> Lease | None:
         """Wait up to `timeout` s: own pending entry, then XAUTOCLAIM, then a new one; else None."""
         deadline = time.monotonic() + max(0.0, timeout)
         while not self._closed:
             try:
                 await self._ensure_group()
-                lease = await self._own(worker) or await self._reclaim(worker)
+                lease = await self._own(worker, holding) or await self._reclaim(worker, holding)
                 if lease is not None:
                     return lease
                 remaining = deadline - time.monotonic()
@@ -400,18 +413,23 @@ class RedisJobQueue:
                 return None
         return None
 
-    async def _own(self, worker: str) -> Lease | None:
-        # Id "0": this consumer's pending entries, i.e. jobs it took before it restarted.
+    async def _own(self, worker: str, holding: Collection[str]) -> Lease | None:
+        # From id "0": this consumer's pending entries, i.e. jobs it took before it restarted,
+        # past those it is carrying out now.
+        after = "0"
         while True:
-            reply = await self._redis.xreadgroup(self.group, worker, {self.key: "0"}, count=1)
+            reply = await self._redis.xreadgroup(self.group, worker, {self.key: after}, count=1)
             entries = _stream_entries(reply)
             if not entries:
                 return None
+            if _text(entries[0][0]) in holding:
+                after = _text(entries[0][0])
+                continue
             lease = await self._lease(worker, entries[0], reclaimed=False, how="taken back")
             if lease is not None:
                 return lease
 
-    async def _reclaim(self, worker: str) -> Lease | None:
+    async def _reclaim(self, worker: str, holding: Collection[str]) -> Lease | None:
         min_idle = max(1, int(self.dead_after * 1000))
         cursor: Any = "0-0"
         while True:
@@ -422,6 +440,8 @@ class RedisJobQueue:
             for entry in entries:
                 if entry[0] is None:
                     continue  # deleted before Redis 7: the "0" read of _own acks it later
+                if _text(entry[0]) in holding:
+                    continue  # this worker's own, which it is carrying out (now kept again)
                 lease = await self._lease(worker, entry, reclaimed=True, how="reclaimed")
                 if lease is not None:
                     return lease

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", help="this worker's name in the queue (default: HOST-recorder; one per worker)"
     )
     record.add_argument("--port", type=int, help="serve /healthz and /metrics on this port")
+    record.add_argument(
+        "--jobs", type=int, default=8, help="recordings this worker carries at once (default 8)"
+    )
     _add_users_parser(commands)
     _add_tokens_parser(commands)
     _add_sites_parser(commands)
@@ -375,7 +378,9 @@ def _run_record(args: argparse.Namespace, config: Config) -> int:
     from server.record_worker import default_worker_name, serve_worker
 
     try:
-        asyncio.run(serve_worker(config, args.name or default_worker_name(), args.port))
+        if args.jobs < 1:
+            raise ConfigError("--jobs must be 1 or more")
+        asyncio.run(serve_worker(config, args.name or default_worker_name(), args.port, args.jobs))
     except GiaoBanError as exc:
         print(f"giaoban: {exc.message}", file=sys.stderr)
         return 2

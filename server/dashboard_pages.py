@@ -150,7 +150,11 @@ async def _recorders(request: web.Request) -> dict[str, Any] | None:
         log.warning("dashboard: recording workers unknown: %s", exc)
         return {"workers": [], "pending": None, "unknown": True}
     workers = [
-        {"name": name, "recording": info.get("recording") or None}
+        {
+            "name": name,
+            "recordings": [r for r in info.get("recordings", "").split(",") if r],
+            "capacity": int(info["capacity"]) if info.get("capacity", "").isdigit() else None,
+        }
         for name, info in sorted(alive.items())
     ]
     return {"workers": workers, "pending": pending, "unknown": False}

@@ -15,6 +15,7 @@ storage when they run on different machines) and into the same database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 # Seconds between attempts to join a room that is not live (its node restarting, say).
 JOIN_RETRY = 2.0
 QUEUE_RETRY = 1.0  # seconds between attempts to reach an unreachable job queue
+DEFAULT_CAPACITY = 8  # recordings one worker carries at once
 ACTIVE = (RecordingState.RECORDING, RecordingState.INTERRUPTED)
 
 
@@ -74,9 +76,11 @@ class RecordWorker:
         data_dir: Path,
         secret_key: bytes,
         dead_after: float,
+        capacity: int = DEFAULT_CAPACITY,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.name = name
+        self.capacity = capacity
         self._jobs = jobs
         self._database = database
         self.root = data_dir / RECORDINGS_DIR
@@ -91,7 +95,8 @@ class RecordWorker:
         )
         self._post = PostProcessing(database, self.root, self.recordings)
         self._stopping = asyncio.Event()
-        self._current: int | None = None  # the recording in hand
+        self._current: set[int] = set()  # the recordings in hand
+        self._busy_changed = asyncio.Event()
 
     def stop(self) -> None:
         """Finish the current wait; a job in hand is left held (another worker takes it)."""
@@ -108,42 +113,65 @@ class RecordWorker:
             await asyncio.gather(announcing, return_exceptions=True)
 
     async def _announce(self) -> None:
-        # Nodes start recordings only while some worker is alive (RecordingControl.start).
+        # Nodes start recordings only while some worker has room (RecordingControl.start).
         while True:
-            busy = self._current
+            info = {
+                "recordings": ",".join(str(r) for r in sorted(self._current)),
+                "capacity": str(self.capacity),
+            }
             try:
-                await self._jobs.announce(self.name, {"recording": str(busy) if busy else ""})
+                await self._jobs.announce(self.name, info)
             except (RedisError, OSError) as exc:
                 log.debug("recording worker %s: not announced: %s", self.name, exc)
-            await asyncio.sleep(self._dead_after / 3)
+            # Again after a third of dead_after, or at once when the jobs in hand change.
+            self._busy_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._dead_after / 3):
+                    await self._busy_changed.wait()
 
     async def _take_jobs(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                lease = await self._jobs.take(self.name, timeout=min(5.0, self._dead_after))
-            except (RedisError, OSError) as exc:
-                log.warning(
-                    "recording worker %s: job queue unreachable, retrying: %s", self.name, exc
-                )
-                await asyncio.sleep(QUEUE_RETRY)
-                continue
-            if lease is None:
-                continue
-            work = asyncio.ensure_future(self.carry_out(lease))
-            stopping = asyncio.ensure_future(self._stopping.wait())
-            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        # Up to `capacity` jobs at once: recording is remuxing, cheap; one meeting's job must
+        # not wait for another meeting to end.
+        running: dict[asyncio.Task[None], Lease] = {}
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not stopping.done():
+                if len(running) >= self.capacity:
+                    await asyncio.wait({*running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    lease = await self._jobs.take(
+                        self.name,
+                        timeout=min(5.0, self._dead_after),
+                        holding={held.job_id for held in running.values()},
+                    )
+                except (RedisError, OSError) as exc:
+                    log.warning(
+                        "recording worker %s: job queue unreachable, retrying: %s", self.name, exc
+                    )
+                    await asyncio.sleep(QUEUE_RETRY)
+                    continue
+                if lease is None:
+                    continue
+                task = asyncio.ensure_future(self._carry_out_logged(lease))
+                running[task] = lease
+                task.add_done_callback(lambda done: running.pop(done, None))
+        finally:
             stopping.cancel()
-            if not work.done():
-                work.cancel()
-            try:
-                await work
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                # Left held: taken up again later. A pause keeps a job that always fails
-                # from spinning this loop.
-                log.exception("recording worker %s: job %s failed", self.name, lease.job_id)
-                await asyncio.sleep(JOIN_RETRY)
+            for task in list(running):
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _carry_out_logged(self, lease: Lease) -> None:
+        try:
+            await self.carry_out(lease)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Left held: taken up again later. A pause keeps a job that always fails from
+            # spinning (it comes back to this worker first).
+            log.exception("recording worker %s: job %s failed", self.name, lease.job_id)
+            await asyncio.sleep(JOIN_RETRY)
 
     async def carry_out(self, lease: Lease) -> None:
         """Record and compose one job, holding it meanwhile; done only when finished."""
@@ -157,11 +185,13 @@ class RecordWorker:
         )
         work = asyncio.ensure_future(self._job(job))
         keeper = asyncio.ensure_future(self._keep(lease))
-        self._current = job.recording_id
+        self._current.add(job.recording_id)
+        self._busy_changed.set()
         try:
             await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._current = None
+            self._current.discard(job.recording_id)
+            self._busy_changed.set()
             for task in (work, keeper):
                 task.cancel()
             results = await asyncio.gather(work, keeper, return_exceptions=True)
@@ -171,8 +201,6 @@ class RecordWorker:
             )
             return
         if isinstance(results[0], BaseException):
-            if isinstance(results[0], asyncio.CancelledError):
-                raise results[0]
             raise results[0]
         await self._jobs.done(lease)
         self.jobs_done.inc()
@@ -283,7 +311,9 @@ class RecordWorker:
         return segment
 
 
-async def serve_worker(config: Config, name: str, port: int | None) -> None:
+async def serve_worker(
+    config: Config, name: str, port: int | None, capacity: int = DEFAULT_CAPACITY
+) -> None:
     """Run a worker until SIGTERM or SIGINT, with /healthz and /metrics on `port` if given."""
     import redis.asyncio as aioredis
     from aiohttp import web
@@ -307,6 +337,7 @@ async def serve_worker(config: Config, name: str, port: int | None) -> None:
         data_dir=config.data_dir,
         secret_key=load_secret_key(config),
         dead_after=config.recorder_dead_after,
+        capacity=capacity,
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -213,6 +213,16 @@ async def close_left_open(db: AsyncSession, root: Path, recording: Recording) ->
     return closed
 
 
+def has_room(worker: Mapping[str, str]) -> bool:
+    """Whether a worker (as it announced itself) can take one more recording."""
+    recordings = [r for r in worker.get("recordings", "").split(",") if r]
+    try:
+        capacity = int(worker.get("capacity", "1"))
+    except ValueError:
+        capacity = 1
+    return len(recordings) < capacity
+
+
 class RecordingControl:
     """Hosts start and stop recordings of live rooms on this node: recorded here (`jobs` is
     None) or by `giaoban record` workers taking jobs from `jobs`."""
@@ -362,9 +372,13 @@ class RecordingControl:
         is."""
         if room.recording_id is not None or room.recorder is not None:
             raise Conflict("the room is already being recorded")
-        if self.jobs is not None and not await self.jobs.workers():
+        if self.jobs is not None:
             # Started anyway, the indicator would say "recording" while nothing is written.
-            raise NoRecorder("start `giaoban record` with this cluster's REDIS_URL")
+            workers = await self.jobs.workers()
+            if not workers:
+                raise NoRecorder("start `giaoban record` with this cluster's REDIS_URL")
+            if not any(has_room(info) for info in workers.values()):
+                raise NoRecorder("every recording worker is busy: start another one")
         async with self._database.session() as db, db.begin():
             record = await recordings.start_recording(db, room.name, by_account_id=by_account_id)
             recording_id = record.id

@@ -28,6 +28,7 @@ from tests.support.peer import Peer
 from tests.support.redis_server import (
     RedisServer,
     delete_prefix,
+    free_port,
     redis_url_from_env,
     unique_prefix,
 )
@@ -126,8 +127,8 @@ class Node:
 
 
 async def running_node(config: Config) -> AsyncIterator[Node]:
-    """A node of `config` on a free 127.0.0.1 port for the length of a fixture."""
-    running = await Node.start(config)
+    """A node of `config` on 127.0.0.1 (its port, or a free one) for the length of a fixture."""
+    running = await Node.start(config, config.port)
     try:
         yield running
     finally:
@@ -136,9 +137,8 @@ async def running_node(config: Config) -> AsyncIterator[Node]:
 
 def node_config(data_dir: Path, **settings: Any) -> Config:
     """A node's config for tests: loopback only, a free port, `data_dir`, `settings`."""
-    return Config(
-        host="127.0.0.1", port=0, data_dir=data_dir, ice_host_addresses=("127.0.0.1",), **settings
-    )
+    settings = {"port": 0, "ice_host_addresses": ("127.0.0.1",), **settings}
+    return Config(host="127.0.0.1", data_dir=data_dir, **settings)
 
 
 @pytest.fixture
@@ -208,9 +208,16 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def workers_node(tmp_path: Path, redis_url: str, redis_prefix: str) -> AsyncIterator[Node]:
-    """A node with GIAOBAN_RECORDER=workers on the test Redis (under the test's own prefix)."""
+    """A node with GIAOBAN_RECORDER=workers on the test Redis (under the test's own prefix),
+    on a port known in advance: the jobs it puts name its URL for the workers."""
+    port = free_port()
     config = node_config(
-        tmp_path, redis_url=redis_url, redis_prefix=redis_prefix, recorder="workers"
+        tmp_path,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        recorder="workers",
+        port=port,
+        public_url=f"http://127.0.0.1:{port}",
     )
     async for running in running_node(config):
         yield running
@@ -221,7 +228,7 @@ async def worker_queue(redis_url: str, redis_prefix: str) -> AsyncIterator[Redis
     """The job queue as a worker sees it, with one worker announced alive (this test)."""
     client = aioredis.from_url(redis_url)
     queue = RedisJobQueue(client, redis_prefix, dead_after=30)
-    await queue.announce("w-test", {"recording": ""})
+    await queue.announce("w-test", {"recordings": "", "capacity": "1"})
     try:
         yield queue
     finally:

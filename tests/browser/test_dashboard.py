@@ -94,11 +94,11 @@ async def test_operators_see_whether_recording_workers_run(  # type: ignore[no-u
     client = aioredis.from_url(redis_url)
     queue = RedisJobQueue(client, redis_prefix, dead_after=3)
     try:
-        await queue.announce("ghi-hinh-1", {"recording": ""})
+        await queue.announce("ghi-hinh-1", {"recordings": "", "capacity": "8"})
         await page.wait_for_selector('#dash-recorders-summary[data-count="1"]')
         assert "1 máy ghi hình đang chạy" in await summary.inner_text()
         item = page.locator('#dash-recorders-list [data-recorder="ghi-hinh-1"]')
-        assert "đang chờ việc" in await item.inner_text()
+        assert "đang chờ việc (nhận được 8 bản ghi cùng lúc)" in await item.inner_text()
         # Silent for longer than dead_after: gone again, without a reload.
         await page.wait_for_selector('#dash-recorders-summary[data-count="0"]', timeout=10_000)
     finally:

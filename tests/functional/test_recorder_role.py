@@ -208,7 +208,11 @@ async def test_no_recording_starts_while_no_worker_runs(
     client = aioredis.from_url(redis_url)
     queue = RedisJobQueue(client, redis_prefix, dead_after=30)
     try:
-        await queue.announce("w-late", {})
+        # Alive but full: still refused, saying so.
+        await queue.announce("w-full", {"recordings": "5", "capacity": "1"})
+        answer = await host.request("start_recording", {})
+        assert answer["error"]["code"] == "no_recorder" and "busy" in answer["error"]["message"]
+        await queue.announce("w-late", {"recordings": "", "capacity": "2"})
         started = await host._ok("start_recording", {})
         assert started["recording"] is True and await queue.pending() == 1
     finally:
@@ -227,15 +231,15 @@ async def test_the_dashboard_shows_the_recording_workers(
     await node.account("quan-tri", "admin")
     host = await joined(node, "Chủ trì", "host", peers)
     recording_id = (await host._ok("start_recording", {}))["recording_id"]
-    await worker_queue.announce("w-busy", {"recording": str(recording_id)})
+    await worker_queue.announce("w-busy", {"recordings": f"{recording_id},99", "capacity": "8"})
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         await sign_in(http, node, "quan-tri")
         status, data, _ = await get_json(http, node.url + "/dashboard/data.json")
     assert status == 200
     assert data["recorders"] == {
         "workers": [
-            {"name": "w-busy", "recording": str(recording_id)},
-            {"name": "w-test", "recording": None},
+            {"name": "w-busy", "recordings": [str(recording_id), "99"], "capacity": 8},
+            {"name": "w-test", "recordings": [], "capacity": 1},
         ],
         "pending": 1,
         "unknown": False,

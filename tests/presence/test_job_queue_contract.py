@@ -332,6 +332,35 @@ async def test_close_ends_waiting_takes(make: Factory) -> None:
     assert await q.take("rec-a", timeout=5.0) is None
 
 
+async def test_a_worker_carrying_out_jobs_is_not_handed_them_again(make: Factory) -> None:
+    (q,) = await make(1, dead_after=SLOW)
+    for n in (1, 2):
+        await q.put(job(n))
+    first = await q.take("rec-a", timeout=1.0)
+    assert first is not None and first.job == job(1)
+    # Same worker, still carrying out job 1: the next take is job 2, then nothing.
+    second = await q.take("rec-a", timeout=1.0, holding={first.job_id})
+    assert second is not None and second.job == job(2) and not second.reclaimed
+    held = {first.job_id, second.job_id}
+    assert await q.take("rec-a", timeout=0.2, holding=held) is None
+    # Restarted (holding nothing), it gets both back, oldest first.
+    again = await q.take("rec-a", timeout=1.0)
+    assert again is not None and again.job_id == first.job_id
+    last = await q.take("rec-a", timeout=1.0, holding={again.job_id})
+    assert last is not None and last.job_id == second.job_id
+
+
+async def test_a_busy_worker_does_not_reclaim_its_own_jobs(make: Factory) -> None:
+    (q,) = await make(1)
+    await q.put(job(1))
+    lease = await q.take("rec-a", timeout=1.0)
+    assert lease is not None
+    await asyncio.sleep(DEAD * 1.2)  # not kept: reclaimable by anyone but its holder
+    assert await q.take("rec-a", timeout=0.2, holding={lease.job_id}) is None
+    other = await q.take("rec-b", timeout=1.0)
+    assert other is not None and other.reclaimed and other.job_id == lease.job_id
+
+
 async def test_announced_workers_are_listed_until_they_fall_silent(make: Factory) -> None:
     a, b = await make(2)
     assert await a.workers() == {}

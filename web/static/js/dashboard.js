@@ -343,9 +343,13 @@ function drawRecorders(data) {
     ...recorders.workers.map((worker) => {
       const item = el("li", { attrs: { "data-recorder": worker.name } });
       item.append(el("strong", { text: worker.name }), " ");
-      const state = worker.recording
-        ? tel("span", "dashboard.recorder_busy", { id: worker.recording })
-        : tel("span", "dashboard.recorder_idle");
+      const state = worker.recordings.length
+        ? tel("span", "dashboard.recorder_busy", {
+            ids: worker.recordings.join(", "),
+            count: worker.recordings.length,
+            capacity: worker.capacity ?? "?",
+          })
+        : tel("span", "dashboard.recorder_idle", { capacity: worker.capacity ?? "?" });
       item.append(state);
       return item;
     }),
