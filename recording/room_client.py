@@ -140,14 +140,17 @@ class RoomClient:
             )
             if not isinstance(ack, dict) or "ok" not in ack:
                 raise JoinRefused("subscribe", str(ack))
-            return await self._ended
+            # Shielded: a cancelled recording must not cancel `_ended` (close() reads it).
+            return await asyncio.shield(self._ended)
         finally:
             negotiation.cancel()
             await asyncio.gather(negotiation, return_exceptions=True)
 
     async def close(self) -> None:
         """Leave (best effort) and close the connections."""
-        dismissed = self._ended.done() and self._ended.result() == "stopped"
+        dismissed = (
+            self._ended.done() and not self._ended.cancelled() and self._ended.result() == "stopped"
+        )
         if self._sio.connected and not dismissed:
             try:
                 await self._sio.call("leave", {}, namespace=NAMESPACE, timeout=2)

@@ -4,7 +4,8 @@ records two meetings at the same time, each into its own recording, and composes
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,27 +24,50 @@ from tests.support.wait import eventually
 FPS = 20
 
 
+@dataclass
+class RunningWorker:
+    worker: RecordWorker
+    task: asyncio.Task[None]
+    client: aioredis.Redis
+
+    async def stop(self) -> None:
+        """SIGTERM's path: stop taking jobs, close what is being written, leave."""
+        self.worker.stop()
+        await asyncio.wait_for(self.task, 15)
+        await self.client.aclose()
+
+
 @pytest.fixture
-async def worker(
+async def start_worker(
     workers_node: Node, redis_url: str, redis_prefix: str
-) -> AsyncIterator[RecordWorker]:
-    client = aioredis.from_url(redis_url)
-    made = RecordWorker(
-        name="w-hai-phong",
-        jobs=RedisJobQueue(client, redis_prefix, dead_after=5),
-        database=workers_node.app[DATABASE],
-        data_dir=workers_node.config.data_dir,
-        secret_key=workers_node.app[SECRET_KEY],
-        dead_after=5,
-        capacity=2,
-    )
-    running = asyncio.ensure_future(made.run())
-    try:
-        yield made
-    finally:
-        made.stop()
-        await asyncio.wait_for(running, 15)
-        await client.aclose()
+) -> AsyncIterator[Callable[..., Awaitable[RunningWorker]]]:
+    """`await start_worker(name, capacity)`: a RecordWorker running in this process."""
+    started: list[RunningWorker] = []
+
+    async def start(name: str = "w-hai-phong", capacity: int = 2) -> RunningWorker:
+        client = aioredis.from_url(redis_url)
+        worker = RecordWorker(
+            name=name,
+            jobs=RedisJobQueue(client, redis_prefix, dead_after=5),
+            database=workers_node.app[DATABASE],
+            data_dir=workers_node.config.data_dir,
+            secret_key=workers_node.app[SECRET_KEY],
+            dead_after=5,
+            capacity=capacity,
+        )
+        running = RunningWorker(worker, asyncio.ensure_future(worker.run()), client)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if not running.task.done():
+            await running.stop()
+
+
+@pytest.fixture
+async def worker(start_worker: Callable[..., Awaitable[RunningWorker]]) -> RecordWorker:
+    return (await start_worker()).worker
 
 
 async def test_one_worker_records_two_meetings_at_once(
@@ -112,3 +136,61 @@ async def test_one_worker_records_two_meetings_at_once(
         assert len(numbers) >= 2 * FPS and numbers == sorted(numbers)
         assert [f.kind.value for f in recording.files].count("composite") == 1
     assert worker.registry.get_sample_value("giaoban_recording_jobs_total") == 2
+
+
+async def test_a_stopped_worker_closes_its_files_and_its_restart_goes_on(
+    workers_node: Node, start_worker: Callable[..., Awaitable[RunningWorker]]
+) -> None:
+    node = workers_node
+    first = await start_worker("w-mot")
+    host = Peer(node.url, "Chủ trì", invite=lambda r: node.invite(r, "host"))
+    member = Peer(node.url, "Xã Đông", invite=lambda r: node.invite(r, "member"))
+    camera = BarcodeVideoTrack(fps=FPS)
+    try:
+        for peer in (host, member):
+            await peer.connect()
+            await peer.join("phong-c")
+        await member.publish([camera])
+        client = aioredis.from_url(node.config.redis_url or "")
+        queue = RedisJobQueue(client, node.config.redis_prefix)
+        try:
+            await eventually(queue.workers, 5, "the worker announced")
+        finally:
+            await queue.close()
+            await client.aclose()
+        recording_id = (await host._ok("start_recording", {}))["recording_id"]
+        folder = node.config.data_dir / "recordings" / str(recording_id)
+        await eventually(lambda: list(folder.glob("s01-*-video.mkv")), 15, "segment 1 written")
+        began = camera.frames_sent
+        await eventually(lambda: camera.frames_sent >= began + 2 * FPS, 10, "2 s of video")
+
+        await first.stop()
+
+        async def state() -> str:
+            async with node.app[DATABASE].session() as db:
+                return (await get_recording(db, recording_id)).state.value
+
+        assert await state() == "interrupted"  # the node saw its recorder go
+        async with node.app[DATABASE].session() as db:
+            cut = await get_recording(db, recording_id)
+        # Closed by the worker itself: size, checksum and duration, a file that plays whole.
+        (closed,) = [f for f in cut.files if f.segment == 1]
+        assert closed.sha256 and closed.closed_at and (closed.duration_seconds or 0) >= 2
+
+        await start_worker("w-mot")  # the same name: its held job comes back at once
+        await eventually(lambda: list(folder.glob("s02-*-video.mkv")), 15, "segment 2 written")
+        assert await state() == "recording"
+        began = camera.frames_sent
+        await eventually(lambda: camera.frames_sent >= began + FPS, 10, "1 s more")
+        await host._ok("stop_recording", {})
+
+        async def ready() -> bool:
+            return await state() == "ready"
+
+        await eventually(ready, 60, "the recording composed")
+    finally:
+        await host.close()
+        await member.close()
+    first_numbers = barcodes(next(folder.glob("s01-*-video.mkv")))
+    second_numbers = barcodes(next(folder.glob("s02-*-video.mkv")))
+    assert first_numbers and second_numbers and second_numbers[0] > first_numbers[-1]
