@@ -405,6 +405,7 @@ class RecordingControl:
         if recording_id is None:
             raise Conflict("the room is not being recorded")
         room.recording_id = None
+        room.recording_paused = False
         if self.by_workers:
             async with self._database.session() as db, db.begin():
                 await recordings.stop_recording(db, recording_id, datetime.now(UTC))
@@ -444,14 +445,15 @@ class RecordingControl:
                 f"recording {entrant.recording_id} is not going on in room {room.name!r}"
             )
 
-    async def recorder_lost(self, room: Room, entrant: Entrant) -> None:
+    async def recorder_lost(self, room: Room, entrant: Entrant) -> bool:
         """A worker's recorder left while its recording goes on: interrupted in the catalogue
-        (never dropped); the job stays held, and a worker takes it up as a new segment."""
+        (never dropped); the job stays held, and a worker takes it up as a new segment.
+        Whether nothing records the room now."""
         recording_id = entrant.recording_id
         if recording_id is None or room.recording_id != recording_id:
-            return
+            return False
         if any(p.entrant and p.entrant.recording_id == recording_id for p in room.recorders):
-            return  # a new recorder of the same recording is already in
+            return False  # a new recorder of the same recording is already in
         async with self._database.session() as db, db.begin():
             await recordings.mark_interrupted(db, recording_id, "the recorder stopped recording")
         self._metrics.recordings.labels(event="interrupted").inc()
@@ -460,3 +462,4 @@ class RecordingControl:
             recording_id,
             room.name,
         )
+        return True

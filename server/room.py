@@ -152,6 +152,8 @@ class Room:
         self.spotlight: str | None = None
         self.recorder: TrackObserver | None = None  # the node's own recorder, while it records
         self.recording_id: int | None = None  # the recording going on (by any recorder)
+        # Going on, but its recorder was lost and none has come back yet (workers only).
+        self.recording_paused = False
         # ticket -> the entrant it was given to; kept while the room is live on this node.
         self._tickets: dict[str, Entrant] = {}
         self._settings = settings
@@ -251,6 +253,7 @@ class Room:
             "floor": self.floor,
             "spotlight": self.spotlight,
             "recording": self.recording_id is not None,
+            "recording_paused": self.recording_id is not None and self.recording_paused,
         }
 
     def may_speak(self, participant: Participant) -> bool:

@@ -247,6 +247,9 @@ class MeetingNamespace(socketio.AsyncNamespace):
             raise NotFound(f"the meeting of room {room_name!r} is not live on this node")
         self.recording.recorder_may_join(room, entrant)
         participant = await room.join("recorder", entrant)
+        if room.recording_paused:
+            room.recording_paused = False
+            await self.to_room(room.name, "room_updated", room.describe())
         session.participant = participant
         self.participant_sids[participant.id] = session.sid
         await self.enter_room(session.sid, room.name)
@@ -292,9 +295,14 @@ class MeetingNamespace(socketio.AsyncNamespace):
         log.info("recorder left room=%s participant=%s", room.name, recorder.id)
         if recorder.entrant is not None:
             try:
-                await self.recording.recorder_lost(room, recorder.entrant)
+                lost = await self.recording.recorder_lost(room, recorder.entrant)
             except Exception:
                 log.exception("room=%s: the lost recorder not noted", room.name)
+                lost = True
+            if lost and room.people:
+                # Everyone sees that nothing is being written until a recorder is back.
+                room.recording_paused = True
+                await self.to_room(room.name, "room_updated", room.describe())
 
     async def _close_if_empty(self, room: Room) -> None:
         """Drop a room nobody is in (nor waiting for) and give up its home claim."""

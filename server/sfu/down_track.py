@@ -45,6 +45,7 @@ class DownTrack:
         self.up = up
         self.subscriber_id = subscriber_id
         self._forwarder = forwarder
+        self._ssrc = forwarder.ssrc
         self._rewriter = rewriter
         self._history = history
         self._stats = stats
@@ -117,42 +118,47 @@ class DownTrack:
             down_pt = self._down_payload_type(out.payload_type)
         if down_pt is None:
             return None
-        numbers = self._rewriter.rewrite(out.sequence_number, out.timestamp, out.now)
+        numbers = self._rewriter.numbers(out.sequence_number, out.timestamp, out.now)
         if numbers is None:
             return None
-        extensions = out.extension_cache.get(params.extension_key)
+        sequence_number, timestamp = numbers
+        cache = out.extension_cache
+        extensions = cache.get(params.extension_key)
         if extensions is None:
-            extensions = out.extension_cache[params.extension_key] = extension_block(
+            extensions = cache[params.extension_key] = extension_block(
                 params.extension_ids, params.mid_bytes, out.abs_send_time, out.audio_level
             )
         data = rtp_packet(
             down_pt,
             out.marker,
-            numbers.sequence_number,
-            numbers.timestamp,
-            self._forwarder.ssrc,
+            sequence_number,
+            timestamp,
+            self._ssrc,
             extensions,
             out.payload,
             out.padding_size,
         )
-        self._history.put(numbers.sequence_number, data)
+        # The history keeps what rebuilds the packet, not a copy of it per subscriber.
+        self._history.put(
+            sequence_number,
+            (down_pt, out.marker, timestamp, extensions, out.payload, out.padding_size),
+        )
         try:
-            sent = self._forwarder.send_now(
-                data, numbers.timestamp, out.ntp_time, MAX_BACKLOG_BYTES
-            )
+            sent = self._forwarder.send_now(data, timestamp, out.ntp_time, MAX_BACKLOG_BYTES)
         except ConnectionError:
             self._stats.dropped_packets += 1
             return None
         if sent is None:
-            return self._send_slowly(data, numbers.timestamp)
+            return self._send_slowly(data, timestamp)
         if not sent:
             # A slow subscriber: drop, and restart video from a keyframe once it drains.
             self._stats.dropped_packets += 1
             if self.up.kind == "video":
                 self._waiting_keyframe = True
             return None
-        self._stats.forwarded_packets += 1
-        self._stats.forwarded_bytes += len(data)
+        stats = self._stats
+        stats.forwarded_packets += 1
+        stats.forwarded_bytes += len(data)
         return None
 
     async def _send_slowly(self, data: bytes, timestamp: int) -> None:
@@ -167,8 +173,12 @@ class DownTrack:
     async def answer_nack(self, lost: list[int]) -> None:
         """Resend what the subscriber lost, from this m-line's history."""
         for seq in lost:
-            data = self._history.get(seq)
-            if isinstance(data, bytes):
+            item = self._history.get(seq)
+            if isinstance(item, tuple):
+                pt, marker, timestamp, extensions, payload, padding_size = item
+                data = rtp_packet(
+                    pt, marker, seq, timestamp, self._ssrc, extensions, payload, padding_size
+                )
                 try:
                     await self._forwarder.resend(data)
                 except ConnectionError:

@@ -53,6 +53,11 @@ class StreamRewriter:
 
     def rewrite(self, seq: int, ts: int, now: float) -> Rewritten | None:
         """Return the downstream numbers for an upstream packet, or None if it is too old."""
+        numbers = self.numbers(seq, ts, now)
+        return None if numbers is None else Rewritten(*numbers)
+
+    def numbers(self, seq: int, ts: int, now: float) -> tuple[int, int] | None:
+        """rewrite() as a plain (sequence number, timestamp) pair: the per-packet path."""
         if self._new_segment:
             # Continue right after the last packet sent; advance the clock by the wall time
             # that passed so the receiver's jitter buffer sees real elapsed time.
@@ -64,28 +69,30 @@ class StreamRewriter:
             self._first_in_seq = seq
             self._new_segment = False
         else:
-            assert self._last_in_seq is not None
-            delta = seq_diff(seq, self._last_in_seq)
-            if delta > 0:
+            last_in_seq = self._last_in_seq
+            assert last_in_seq is not None
+            delta = (seq - last_in_seq) & 0xFFFF  # seq_diff(seq, last_in_seq), inlined
+            if 0 < delta < 0x8000:
                 self._last_in_seq = seq
-            elif delta < -self.MAX_LATE:
+            elif delta and delta - SEQ_MOD < -self.MAX_LATE:
                 self._too_old_in_a_row += 1
                 if self._too_old_in_a_row >= self.MAX_TOO_OLD_IN_A_ROW:
                     self._too_old_in_a_row = 0
                     self._new_segment = True
-                    return self.rewrite(seq, ts, now)
+                    return self.numbers(seq, ts, now)
                 return None
             elif seq_diff(seq, self._first_in_seq) < 0:
                 # From before this segment began: its downstream number may be taken already.
                 return None
-            self._too_old_in_a_row = 0
+            if self._too_old_in_a_row:
+                self._too_old_in_a_row = 0
         out_seq = (seq + self._seq_offset) % SEQ_MOD
         out_ts = (ts + self._ts_offset) % TS_MOD
         if seq == self._last_in_seq:
             self._last_out_seq = out_seq
             self._last_out_ts = out_ts
             self._last_sent_at = now
-        return Rewritten(out_seq, out_ts)
+        return out_seq, out_ts
 
 
 class SeenSequences:

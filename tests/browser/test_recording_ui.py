@@ -100,3 +100,41 @@ async def test_a_recorded_meeting_reaches_the_archivist_whole(node, new_page) ->
     await page.click("#verify-form [type=submit]")
     result = await page.wait_for_selector("#verify-result")
     assert result is not None and await result.get_attribute("class") == "archive-ok"
+
+
+async def test_everyone_sees_when_the_recorder_is_lost_and_back(  # type: ignore[no-untyped-def]
+    workers_node, worker_queue, new_page
+) -> None:
+    """With recording workers: while the room's recorder is gone (its worker died) the
+    indicator says the recording is interrupted; it says recording again once one is back."""
+    from server.app import SECRET_KEY
+    from server.invitations import mint_recorder_pass
+    from tests.support.peer import Peer
+
+    node = workers_node
+    host, member = await new_page(), await new_page()
+    await join_via_ui(host, node, ROOM, "Chủ trì", role="host")
+    await join_via_ui(member, node, ROOM, "UBND xã Đoài")
+    await host.click("#toggle-recording")
+    await member.wait_for_selector('#rec-indicator:not([hidden])[data-paused="false"]')
+    recording_id = node.app[ROOMS].by_name[ROOM].recording_id
+
+    async def recorder_joins() -> Peer:
+        # Standing in for a worker's recorder: the node's side is what is under test.
+        peer = Peer(node.url, "recorder")
+        await peer.connect()
+        grant = mint_recorder_pass(node.app[SECRET_KEY], room=ROOM, recording_id=recording_id)
+        ack = await peer.request("join", {"room": ROOM, "recorder_pass": grant})
+        assert "ok" in ack, ack
+        return peer
+
+    first = await recorder_joins()
+    await first.sio.disconnect()  # its worker died
+    await member.wait_for_selector('#rec-indicator[data-paused="true"]')
+    assert "Ghi hình gián đoạn" in await member.inner_text("#rec-indicator")
+    second = await recorder_joins()
+    try:
+        await member.wait_for_selector('#rec-indicator[data-paused="false"]')
+        assert "Đang ghi hình" in await member.inner_text("#rec-indicator")
+    finally:
+        await second.close()

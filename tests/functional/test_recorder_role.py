@@ -125,21 +125,29 @@ async def test_the_recorder_is_hidden_receives_only_and_its_loss_interrupts(
     metrics = await _metrics(node)
     assert "giaoban_recorder_joins_total 1.0" in metrics
 
-    # The recorder's link drops: the recording is interrupted, never dropped; still going.
+    # The recorder's link drops: the recording is interrupted, never dropped; still going,
+    # and everyone sees that nothing is being written for now.
+    seen = len(member.events)
     await rec.sio.disconnect()
 
     async def interrupted() -> bool:
         return await state(node, recording_id) == "interrupted"
 
     await host.wait_for(interrupted, 5, "the recording interrupted")
+    paused = await member.wait_event("room_updated", since=seen)
+    assert (paused["recording"], paused["recording_paused"]) == (True, True)
     assert host.join_result is not None
     assert (await host._ok("lock", {"locked": False}))["recording"] is True
 
-    # A new recorder of the same recording comes in; the host stops: it is told and let go.
+    # A new recorder of the same recording comes in (no longer paused); the host stops: it is
+    # told and let go.
+    seen = len(member.events)
     rec2, ack = await recorder(
         node, mint_recorder_pass(key, room=ROOM, recording_id=recording_id), peers
     )
     assert "ok" in ack, ack
+    resumed = await member.wait_event("room_updated", since=seen)
+    assert (resumed["recording"], resumed["recording_paused"]) == (True, False)
     stopped = await host._ok("stop_recording", {})
     assert stopped["recording"] is False
     await rec2.wait_event("recording_stopped")

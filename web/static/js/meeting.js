@@ -777,7 +777,12 @@ async function toggleHand() {
 
 function renderRecording() {
   const on = !!client.roomInfo?.recording;
+  const paused = on && !!client.roomInfo?.recording_paused;
   ui.recIndicator.hidden = !on;
+  // Paused: the recording goes on but nothing is written until its recorder is back.
+  ui.recIndicator.dataset.paused = String(paused);
+  ui.recIndicator.querySelector(".rec-on").hidden = paused;
+  ui.recIndicator.querySelector(".rec-paused").hidden = !paused;
   body.dataset.recording = String(on);
   ui.toggleRecording.hidden = !isHost();
   ui.toggleRecording.setAttribute("aria-pressed", String(on));
