@@ -319,7 +319,7 @@ class MeetingNamespace(socketio.AsyncNamespace):
         self, session: Session, room: Room, name: str, entrant: Entrant
     ) -> dict[str, Any]:
         """Put the session's person into the room; the join result (ack or `admitted`)."""
-        first = not room.participants
+        first = not room.people
         others = [p.describe() for p in room.people]
         participant = await room.join(name, entrant)
         await self.cluster.entered(participant)
