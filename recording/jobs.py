@@ -117,6 +117,19 @@ class JobQueue(Protocol):
         """The workers announced within the last `dead_after` seconds, with their info."""
         ...
 
+    async def jobs(self) -> list[RecordingJob]:
+        """Every job put and not done (queued or held)."""
+        ...
+
+    async def claim(self, recording_id: int, worker: str) -> bool:
+        """Hold the recording itself for `dead_after` seconds (again, if `worker` holds it):
+        whether `worker` holds it now. Two jobs for one recording never run at once."""
+        ...
+
+    async def release(self, recording_id: int, worker: str) -> None:
+        """Let go of the recording (only if `worker` holds it)."""
+        ...
+
     async def close(self) -> None:
         """Stop handing out jobs: later and waiting `take` calls return None."""
         ...
@@ -177,6 +190,7 @@ class LocalJobQueue:
         self._changed = asyncio.Condition()
         self._closed = False
         self._alive: dict[str, tuple[float, dict[str, str]]] = {}  # worker → (until, info)
+        self._claims: dict[int, tuple[str, float]] = {}  # recording → (worker, until)
 
     async def put(self, job: RecordingJob) -> str:
         """Queue `job`; returns its local job id."""
@@ -286,6 +300,25 @@ class LocalJobQueue:
             del self._alive[worker]
         return {worker: dict(info) for worker, (_, info) in self._alive.items()}
 
+    async def jobs(self) -> list[RecordingJob]:
+        """Every job put and not done, oldest first."""
+        return [self._jobs[job_id] for job_id in sorted(self._jobs, key=self._order.__getitem__)]
+
+    async def claim(self, recording_id: int, worker: str) -> bool:
+        """Hold the recording for `dead_after` seconds unless another live worker does."""
+        now = time.monotonic()
+        holder = self._claims.get(recording_id)
+        if holder is not None and holder[0] != worker and holder[1] > now:
+            return False
+        self._claims[recording_id] = (worker, now + self.dead_after)
+        return True
+
+    async def release(self, recording_id: int, worker: str) -> None:
+        """Let go of the recording if `worker` holds it."""
+        holder = self._claims.get(recording_id)
+        if holder is not None and holder[0] == worker:
+            del self._claims[recording_id]
+
     async def close(self) -> None:
         """Wake every waiting `take` with None; later takes return None at once."""
         async with self._changed:
@@ -306,6 +339,24 @@ if type(p) ~= 'table' or p.err or #p == 0 or p[1][2] ~= ARGV[2] then
 end
 local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return #claimed
+"""
+
+# KEYS[1] the recording's claim. ARGV: worker, ttl ms. Taken when free or already this worker's.
+_CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS[1] the recording's claim. ARGV: worker. Deleted only by its holder.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 """
 
 Entry = tuple[Any, Any]  # (entry id, fields) as redis-py parses it
@@ -353,6 +404,8 @@ class RedisJobQueue:
         self.dead_after = dead_after
         self._redis = client
         self._keep = client.register_script(_KEEP)
+        self._claim = client.register_script(_CLAIM)
+        self._release = client.register_script(_RELEASE)
         self._group_ready = False
         self._closed = False
         # Blocking reads are cut into slices so that a job whose holder died is noticed while
@@ -500,6 +553,30 @@ class RedisJobQueue:
         """A key per worker that expires `dead_after` seconds from now, holding `info`."""
         ttl_ms = max(1, int(self.dead_after * 1000))
         await self._redis.set(f"{self._workers_prefix}{worker}", json.dumps(dict(info)), px=ttl_ms)
+
+    async def jobs(self) -> list[RecordingJob]:
+        """Every job in the stream (done ones are deleted from it), oldest first; entries that
+        are no job are passed over."""
+        found: list[RecordingJob] = []
+        for _entry_id, fields in await self._redis.xrange(self.key):
+            try:
+                found.append(RecordingJob.from_fields(fields))
+            except ValueError:
+                continue
+        return found
+
+    async def claim(self, recording_id: int, worker: str) -> bool:
+        """A key per recording that its worker holds for `dead_after` seconds (one script)."""
+        ttl_ms = max(1, int(self.dead_after * 1000))
+        held = await self._claim(keys=[self._claim_key(recording_id)], args=[worker, ttl_ms])
+        return bool(held)
+
+    async def release(self, recording_id: int, worker: str) -> None:
+        """Delete the recording's claim if `worker` holds it (one script)."""
+        await self._release(keys=[self._claim_key(recording_id)], args=[worker])
+
+    def _claim_key(self, recording_id: int) -> str:
+        return f"{self.key.removesuffix('jobs')}claims:{int(recording_id)}"
 
     async def workers(self) -> dict[str, dict[str, str]]:
         """The workers whose keys have not expired."""

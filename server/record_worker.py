@@ -114,7 +114,8 @@ class RecordWorker:
 
     async def _announce(self) -> None:
         # Nodes start recordings only while some worker has room (RecordingControl.start).
-        while True:
+        # Ends on `_stopping` as well as on cancel (see `_keep`).
+        while not self._stopping.is_set():
             info = {
                 "recordings": ",".join(str(r) for r in sorted(self._current)),
                 "capacity": str(self.capacity),
@@ -183,8 +184,32 @@ class RecordWorker:
             job.room,
             " (from a worker that stopped)" if lease.reclaimed else "",
         )
+        if not await self._claim(lease):
+            return
+        try:
+            await self._carry_out_claimed(lease)
+        finally:
+            # Whoever takes this job (or another of the recording) next claims it at once.
+            with contextlib.suppress(RedisError, OSError):
+                await self._jobs.release(job.recording_id, self.name)
+
+    async def _claim(self, lease: Lease) -> bool:
+        """Hold the recording itself. A second job of a recording being carried out (a node
+        queued it again after Redis lost jobs, say) waits, its lease kept, until the first is
+        finished; then it finds the recording done. False: the lease was lost meanwhile."""
+        recording_id = lease.job.recording_id
+        while recording_id in self._current or not await self._jobs.claim(recording_id, self.name):
+            log.info("recording %d is being carried out by another job: waiting", recording_id)
+            await asyncio.sleep(self._dead_after / 3)
+            if not await self._jobs.keep(lease):
+                return False
+        return True
+
+    async def _carry_out_claimed(self, lease: Lease) -> None:
+        job = lease.job
         work = asyncio.ensure_future(self._job(job))
-        keeper = asyncio.ensure_future(self._keep(lease))
+        finished = asyncio.Event()
+        keeper = asyncio.ensure_future(self._keep(lease, finished))
         self._current.add(job.recording_id)
         self._busy_changed.set()
         try:
@@ -192,6 +217,7 @@ class RecordWorker:
         finally:
             self._current.discard(job.recording_id)
             self._busy_changed.set()
+            finished.set()
             for task in (work, keeper):
                 task.cancel()
             results = await asyncio.gather(work, keeper, return_exceptions=True)
@@ -206,12 +232,19 @@ class RecordWorker:
         self.jobs_done.inc()
         log.info("worker %s finished recording %d", self.name, job.recording_id)
 
-    async def _keep(self, lease: Lease) -> None:
+    async def _keep(self, lease: Lease, finished: asyncio.Event) -> None:
+        # Ends on `finished`, not only on cancel: redis-py has been known to swallow a
+        # cancellation that lands inside a command (redis/redis-py#2028, #2551).
         kept = time.monotonic()
         while True:
-            await asyncio.sleep(self._dead_after / 3)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._dead_after / 3):
+                    await finished.wait()
+            if finished.is_set():
+                return
             try:
-                if not await self._jobs.keep(lease):
+                held = await self._jobs.keep(lease)
+                if not held or not await self._jobs.claim(lease.job.recording_id, self.name):
                     raise LostJob()
                 kept = time.monotonic()
             except (RedisError, OSError) as exc:

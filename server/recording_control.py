@@ -290,7 +290,8 @@ class RecordingControl:
         """At start: recordings the last run left going are interrupted, their partial files
         closed (size and SHA-256 of what reached the disk); they resume when the room is live
         here again. Returns how many. With workers, they own that (the job stays queued)."""
-        if self.by_workers:
+        if self.jobs is not None:
+            await self._queue_again(self.jobs)
             return 0
         async with self._database.session() as db, db.begin():
             cut = (
@@ -332,6 +333,35 @@ class RecordingControl:
                     recording.room.slug,
                 )
         return len(cut)
+
+    async def _queue_again(self, jobs: JobQueue) -> int:
+        """Recordings going on or waiting to be composed whose job is gone (a Redis that
+        restarted without its data): queued again, so nothing stays unfinished. Returns how
+        many. A job queued twice is harmless: workers claim the recording itself."""
+        async with self._database.session() as db:
+            unfinished = (
+                (
+                    await db.execute(
+                        select(Recording)
+                        .options(selectinload(Recording.room))
+                        .where(Recording.state.in_((*recordings.ACTIVE, RecordingState.PROCESSING)))
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        if not unfinished:
+            return 0
+        queued = {job.recording_id for job in await jobs.jobs()}
+        lost = [r for r in unfinished if r.id not in queued]
+        for recording in lost:
+            await jobs.put(RecordingJob(recording.id, recording.room.slug, self._node_url))
+            log.warning(
+                "recording %d of room=%s had no job (lost with Redis?): queued again",
+                recording.id,
+                recording.room.slug,
+            )
+        return len(lost)
 
     async def room_live(self, room: Room) -> None:
         """Someone entered `room` here: a recording cut off by a crash goes on now (here), or

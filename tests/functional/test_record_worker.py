@@ -194,3 +194,52 @@ async def test_a_stopped_worker_closes_its_files_and_its_restart_goes_on(
     first_numbers = barcodes(next(folder.glob("s01-*-video.mkv")))
     second_numbers = barcodes(next(folder.glob("s02-*-video.mkv")))
     assert first_numbers and second_numbers and second_numbers[0] > first_numbers[-1]
+
+
+async def test_a_second_job_of_a_recording_waits_and_records_nothing_twice(
+    workers_node: Node, worker: RecordWorker, redis_url: str, redis_prefix: str
+) -> None:
+    """A job queued again for a recording already being recorded (a node restarted after
+    Redis lost its jobs, racing the live one) never records it a second time."""
+    from recording.jobs import RecordingJob
+
+    node = workers_node
+    client = aioredis.from_url(redis_url)
+    queue = RedisJobQueue(client, redis_prefix)
+    host = Peer(node.url, "Chủ trì", invite=lambda r: node.invite(r, "host"))
+    member = Peer(node.url, "Xã Bắc", invite=lambda r: node.invite(r, "member"))
+    camera = BarcodeVideoTrack(fps=FPS)
+    try:
+        await eventually(queue.workers, 5, "the worker announced")
+        for peer in (host, member):
+            await peer.connect()
+            await peer.join("phong-d")
+        await member.publish([camera])
+        recording_id = (await host._ok("start_recording", {}))["recording_id"]
+        folder = node.config.data_dir / "recordings" / str(recording_id)
+        await eventually(lambda: list(folder.glob("s01-*-video.mkv")), 15, "video written")
+        await queue.put(RecordingJob(recording_id, "phong-d", node.config.base_url))
+
+        async def both_taken() -> bool:
+            pending = await client.xpending(queue.key, queue.group)
+            return pending["pending"] == 2
+
+        await eventually(both_taken, 10, "the worker holding both jobs")
+        began = camera.frames_sent
+        await eventually(lambda: camera.frames_sent >= began + FPS, 10, "1 s more")
+        await host._ok("stop_recording", {})
+
+        async def all_done() -> bool:
+            return await queue.pending() == 0
+
+        await eventually(all_done, 60, "both jobs done")
+    finally:
+        await host.close()
+        await member.close()
+        await queue.close()
+        await client.aclose()
+    async with node.app[DATABASE].session() as db:
+        recording = await get_recording(db, recording_id)
+    assert recording.state.value == "ready" and recording.segments == 1
+    assert [f.kind.value for f in recording.files] == ["track", "composite"]
+    assert worker.registry.get_sample_value("giaoban_recording_jobs_total") == 2

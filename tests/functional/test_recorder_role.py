@@ -252,3 +252,24 @@ async def test_the_dashboard_shows_the_recording_workers(
         "pending": 1,
         "unknown": False,
     }
+
+
+async def test_a_restarted_node_queues_again_what_redis_lost(
+    workers_node: Node, worker_queue: RedisJobQueue, redis_url: str, peers: list[Peer]
+) -> None:
+    node = workers_node
+    host = await joined(node, "Chủ trì", "host", peers)
+    recording_id = (await host._ok("start_recording", {}))["recording_id"]
+    assert [j.recording_id for j in await worker_queue.jobs()] == [recording_id]
+    client = aioredis.from_url(redis_url)
+    try:
+        await client.delete(worker_queue.key)  # Redis restarted without its data
+    finally:
+        await client.aclose()
+    assert await worker_queue.jobs() == []
+    await host.close()
+
+    await node.restart()
+    (again,) = await worker_queue.jobs()
+    assert (again.recording_id, again.room) == (recording_id, ROOM)
+    assert again.node_url == node.config.base_url

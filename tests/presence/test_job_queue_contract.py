@@ -361,6 +361,37 @@ async def test_a_busy_worker_does_not_reclaim_its_own_jobs(make: Factory) -> Non
     assert other is not None and other.reclaimed and other.job_id == lease.job_id
 
 
+async def test_jobs_lists_what_is_put_and_not_done(make: Factory) -> None:
+    (q,) = await make(1, dead_after=SLOW)
+    assert await q.jobs() == []
+    for n in (1, 2, 3):
+        await q.put(job(n))
+    lease = await q.take("rec-a", timeout=1.0)
+    assert lease is not None
+    assert await q.jobs() == [job(1), job(2), job(3)]  # held ones too
+    await q.done(lease)
+    assert await q.jobs() == [job(2), job(3)]
+
+
+async def test_one_worker_at_a_time_holds_a_recording(make: Factory) -> None:
+    a, b = await make(2)
+    assert await a.claim(7, "rec-a")
+    assert not await b.claim(7, "rec-b")
+    assert await b.claim(8, "rec-b")  # another recording
+    assert await a.claim(7, "rec-a")  # refreshed by its holder
+    await b.release(7, "rec-b")  # not its holder: nothing changes
+    assert not await b.claim(7, "rec-b")
+    await a.release(7, "rec-a")
+    assert await b.claim(7, "rec-b")
+    # A holder that stops refreshing loses it after dead_after.
+    deadline = time.monotonic() + DEAD * 1.5
+    while time.monotonic() < deadline:
+        assert await b.claim(8, "rec-b")
+        await asyncio.sleep(DEAD / 4)
+    assert await a.claim(7, "rec-a")
+    assert not await a.claim(8, "rec-a")
+
+
 async def test_announced_workers_are_listed_until_they_fall_silent(make: Factory) -> None:
     a, b = await make(2)
     assert await a.workers() == {}
