@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 RECORDINGS_DIR = "recordings"
 COMPOSITE_NAME = "composite.mp4"
 COMPOSE_ATTEMPTS = 2
+# Seconds between a workers' node's checks that every unfinished recording still has a job.
+JOB_CHECK_INTERVAL = 30.0
 # The node's own composing jobs are held by the node itself: nobody takes them over.
 LOCAL_HOLD = 24 * 3600.0
 
@@ -248,6 +250,7 @@ class RecordingControl:
         # several recordings stopping together do not take every core from the meetings.
         self._compose_jobs = LocalJobQueue(dead_after=LOCAL_HOLD) if jobs is None else None
         self._composer: asyncio.Task[None] | None = None
+        self._job_checker: asyncio.Task[None] | None = None
         # Set by signaling: takes a room's hidden recorders out once its recording stops.
         self.dismiss_recorders: Callable[[Room], Awaitable[None]] | None = None
 
@@ -278,10 +281,13 @@ class RecordingControl:
 
     async def close(self) -> None:
         """Stop post-processing (a recording left processing is taken up at the next start)."""
-        tasks = [self._composer] if self._composer else []
+        tasks = [t for t in (self._composer, self._job_checker) if t is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # Bounded: a cancellation swallowed inside a Redis command must not hold the
+            # node's shutdown (see server/record_worker.py `_keep`).
+            await asyncio.wait(tasks, timeout=5)
         for queue in (self.jobs, self._compose_jobs):
             if queue is not None:
                 await queue.close()
@@ -292,6 +298,8 @@ class RecordingControl:
         here again. Returns how many. With workers, they own that (the job stays queued)."""
         if self.jobs is not None:
             await self._queue_again(self.jobs)
+            # Redis may lose its data while this node runs, too: look again now and then.
+            self._job_checker = asyncio.ensure_future(self._check_jobs(self.jobs))
             return 0
         async with self._database.session() as db, db.begin():
             cut = (
@@ -333,6 +341,16 @@ class RecordingControl:
                     recording.room.slug,
                 )
         return len(cut)
+
+    async def _check_jobs(self, jobs: JobQueue) -> None:
+        while True:
+            await asyncio.sleep(JOB_CHECK_INTERVAL)
+            try:
+                await self._queue_again(jobs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis or the database away: the next round retries
+                log.warning("recording jobs not checked: %s", exc)
 
     async def _queue_again(self, jobs: JobQueue) -> int:
         """Recordings going on or waiting to be composed whose job is gone (a Redis that

@@ -273,3 +273,35 @@ async def test_a_restarted_node_queues_again_what_redis_lost(
     (again,) = await worker_queue.jobs()
     assert (again.recording_id, again.room) == (recording_id, ROOM)
     assert again.node_url == node.config.base_url
+
+
+@pytest.fixture
+def fast_job_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nodes started after this look for lost recording jobs every 0.2 s, not 30 s."""
+    from server import recording_control
+
+    monkeypatch.setattr(recording_control, "JOB_CHECK_INTERVAL", 0.2)
+
+
+async def test_a_running_node_queues_again_what_redis_lost(
+    fast_job_checks: None,
+    workers_node: Node,
+    worker_queue: RedisJobQueue,
+    redis_url: str,
+    peers: list[Peer],
+) -> None:
+    from tests.support.wait import eventually
+
+    node = workers_node
+    host = await joined(node, "Chủ trì", "host", peers)
+    recording_id = (await host._ok("start_recording", {}))["recording_id"]
+    client = aioredis.from_url(redis_url)
+    try:
+        await client.delete(worker_queue.key)  # Redis restarted without its data
+    finally:
+        await client.aclose()
+
+    async def queued_again() -> bool:
+        return [j.recording_id for j in await worker_queue.jobs()] == [recording_id]
+
+    await eventually(queued_again, 5, "the recording's job queued again")
