@@ -10,7 +10,6 @@ everything back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -81,6 +80,7 @@ class NodePresence:
         self._stats = stats
         self._cpu = CpuMeter()
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
 
     @property
     def node_id(self) -> str:
@@ -95,10 +95,12 @@ class NodePresence:
         self._task = asyncio.ensure_future(self._beat_forever())
 
     async def close(self) -> None:
+        self._closing.set()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded, and the loop also ends on `_closing`: redis-py can swallow a
+            # cancellation that lands inside a command (redis/redis-py#2028).
+            await asyncio.wait({self._task}, timeout=2 * self._interval)
             self._task = None
         try:
             await self.presence.forget_node(self.node_id)
@@ -107,7 +109,7 @@ class NodePresence:
         await self.presence.close()
 
     async def _beat_forever(self) -> None:
-        while True:
+        while not self._closing.is_set():
             await asyncio.sleep(self._interval)
             await self.beat()
 
