@@ -264,11 +264,17 @@ class ForwardingSender:
         self.parameters: SendParameters | None = None
         self._feedback = feedback
         self._rtx_seq = 0
-        # (ICE pair, UDP transport, remote address, SRTP protect) of the current path.
-        self._path: (
-            tuple[object, asyncio.DatagramTransport, tuple[str, int], Callable[[bytes], bytes]]
-            | None
-        ) = None
+        # The current path, as send_now found it: the DTLS transport and its ICE connection's
+        # nominated pairs, the pair in use, its asyncio UDP transport (and, unless connected,
+        # that transport's socket), the remote address and the SRTP session with its context.
+        self._dtls: object | None = None
+        self._nominated: dict[int, object] = {}
+        self._pair: object | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._socket: object | None = None
+        self._remote: tuple[str, int] | None = None
+        self._srtp: pylibsrtp.Session | None = None
+        self._srtp_context: object = None
         original_send = sender.send
         original_rtcp = sender._handle_rtcp_packet
 
@@ -327,19 +333,25 @@ class ForwardingSender:
         dtls = sender._RTCRtpSender__transport  # type: ignore[attr-defined]
         if dtls._state is not _DTLS_CONNECTED:
             raise ConnectionError("down connection is not connected")
-        pair = dtls.transport._connection._nominated.get(1)
-        path = self._path
-        if path is None or path[0] is not pair:
+        if dtls is not self._dtls:
+            self._dtls = dtls
+            self._nominated = dtls.transport._connection._nominated  # cleared, never replaced
+            self._pair = None
+        pair = self._nominated.get(1)
+        if pair is not self._pair or pair is None:
             if pair is None:
                 raise ConnectionError("no nominated ICE pair")
             protocol = pair.protocol
             if type(protocol) is not StunProtocol:
                 return None
             udp = protocol.transport
-            session = dtls._tx_srtp
-            raw = getattr(udp, "_sock", None) if getattr(udp, "_address", None) is None else None
-            path = self._path = (pair, udp, pair.remote_addr, session, session._srtp[0], raw)
-        udp = path[1]
+            self._udp = udp
+            self._socket = getattr(udp, "_sock", None) if not getattr(udp, "_address", 1) else None
+            self._remote = pair.remote_addr
+            self._srtp = dtls._tx_srtp
+            self._srtp_context = self._srtp._srtp[0]
+            self._pair = pair
+        udp = self._udp
         backlog = udp.get_write_buffer_size()
         if backlog > max_backlog:
             return False
@@ -349,18 +361,18 @@ class ForwardingSender:
             raise ValueError("packet is too long")
         _SRTP_LEN[0] = size
         _SRTP_BUFFER[0:size] = data
-        status = _srtp_protect(path[4], _SRTP_DATA, _SRTP_LEN)
+        status = _srtp_protect(self._srtp_context, _SRTP_DATA, _SRTP_LEN)
         if status:
             raise pylibsrtp.Error(_SRTP_ERRORS[status])
         packet = _SRTP_BUFFER[0 : _SRTP_LEN[0]]
-        raw = path[5]
+        raw = self._socket
         if backlog or raw is None:
-            udp.sendto(packet, path[2])
+            udp.sendto(packet, self._remote)
         else:
             try:
-                raw.sendto(packet, path[2])
+                raw.sendto(packet, self._remote)
             except OSError:
-                udp.sendto(packet, path[2])
+                udp.sendto(packet, self._remote)
         # aiortc's sender-report fields, as _count keeps them.
         sender._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]
         sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]

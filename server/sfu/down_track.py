@@ -53,6 +53,11 @@ class DownTrack:
         self._last_keyframe_ask = 0.0
         self._pt_map: dict[int, int | None] = {}
         self._params: SendParameters | None = None
+        # The last upstream payload type and its mapping, and the extension cache key: what
+        # forward() reads per packet, kept on this object rather than looked up elsewhere.
+        self._up_pt = -1
+        self._down_pt: int | None = None
+        self._extension_key: object = None
         rewriter.restart()
 
     @property
@@ -67,6 +72,7 @@ class DownTrack:
         if self._params is not None:
             return
         self._params = params
+        self._extension_key = params.extension_key
         if self._waiting_keyframe:
             self.up.request_keyframe()
 
@@ -113,9 +119,11 @@ class DownTrack:
                     self.up.request_keyframe()
                 return None
             self._waiting_keyframe = False
-        down_pt = self._pt_map.get(out.payload_type, -1)
-        if down_pt == -1:
-            down_pt = self._down_payload_type(out.payload_type)
+        if out.payload_type == self._up_pt:
+            down_pt = self._down_pt
+        else:
+            down_pt = self._down_pt = self._down_payload_type(out.payload_type)
+            self._up_pt = out.payload_type
         if down_pt is None:
             return None
         numbers = self._rewriter.numbers(out.sequence_number, out.timestamp, out.now)
@@ -123,9 +131,9 @@ class DownTrack:
             return None
         sequence_number, timestamp = numbers
         cache = out.extension_cache
-        extensions = cache.get(params.extension_key)
+        extensions = cache.get(self._extension_key)
         if extensions is None:
-            extensions = cache[params.extension_key] = extension_block(
+            extensions = cache[self._extension_key] = extension_block(
                 params.extension_ids, params.mid_bytes, out.abs_send_time, out.audio_level
             )
         data = rtp_packet(
@@ -138,11 +146,7 @@ class DownTrack:
             out.payload,
             out.padding_size,
         )
-        # The history keeps what rebuilds the packet, not a copy of it per subscriber.
-        self._history.put(
-            sequence_number,
-            (down_pt, out.marker, timestamp, extensions, out.payload, out.padding_size),
-        )
+        self._history.put(sequence_number, data)
         try:
             sent = self._forwarder.send_now(data, timestamp, out.ntp_time, MAX_BACKLOG_BYTES)
         except ConnectionError:
@@ -173,12 +177,8 @@ class DownTrack:
     async def answer_nack(self, lost: list[int]) -> None:
         """Resend what the subscriber lost, from this m-line's history."""
         for seq in lost:
-            item = self._history.get(seq)
-            if isinstance(item, tuple):
-                pt, marker, timestamp, extensions, payload, padding_size = item
-                data = rtp_packet(
-                    pt, marker, seq, timestamp, self._ssrc, extensions, payload, padding_size
-                )
+            data = self._history.get(seq)
+            if isinstance(data, bytes):
                 try:
                     await self._forwarder.resend(data)
                 except ConnectionError:

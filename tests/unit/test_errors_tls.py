@@ -37,6 +37,7 @@ ALL_ERRORS = [
     errors.RoomEnded,
     errors.RoomLocked,
     errors.TooMany,
+    errors.NoRecorder,
 ]
 # Kinds of another error that keep its code (a taken name is a conflict).
 SAME_CODE = {errors.AlreadyExists}
@@ -89,6 +90,7 @@ def test_codes_are_unique_and_stable() -> None:
         "room_ended",
         "room_locked",
         "rate_limited",
+        "no_recorder",
     } == set(codes)
 
 

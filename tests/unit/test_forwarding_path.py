@@ -1,0 +1,285 @@
+"""The per-packet forwarding path: DownTrack.forward and answer_nack, ForwardingSender.send_now.
+
+send_now runs on a real asyncio UDP endpoint and real SRTP sessions; only the aiortc objects
+around them (sender, DTLS and ICE transports, the nominated pair) are stand-ins with the fields
+send_now reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pylibsrtp
+import pytest
+from aioice.ice import StunProtocol
+from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import HeaderExtensionsMap
+
+from server.sfu.aiortc_tap import ForwardingSender, SenderFeedback, SendParameters
+from server.sfu.down_track import DownTrack
+from server.sfu.rtp_header import ExtensionIds, extension_block, rtp_packet
+from server.sfu.rtp_rewrite import PacketHistory, StreamRewriter
+from server.sfu.stats import SfuStats
+from server.sfu.up_track import Outgoing, UpTrack
+
+VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+KEY = bytes(range(30))
+SSRC = 4242
+
+
+# -- DownTrack ----------------------------------------------------------------------------------
+
+
+@dataclass
+class RecordingForwarder:
+    """ForwardingSender's interface to DownTrack, recording what it is given."""
+
+    ssrc: int = SSRC
+    sent: list[bytes] = field(default_factory=list)
+    resent: list[bytes] = field(default_factory=list)
+
+    def send_now(self, data: bytes, timestamp: int, ntp_time: int, max_backlog: int) -> bool:
+        self.sent.append(data)
+        return True
+
+    async def resend(self, data: bytes) -> None:
+        self.resent.append(data)
+
+
+def outgoing(seq: int, *, marker: int = 0, padding: int = 0, payload: bytes = b"") -> Outgoing:
+    return Outgoing(
+        payload_type=96,
+        marker=marker,
+        sequence_number=seq,
+        timestamp=seq * 3000,
+        payload=payload or bytes([seq & 0xFF]) * 40,
+        padding_size=padding,
+        keyframe=True,
+        ntp_time=0,
+        abs_send_time=seq,
+        audio_level=None,
+        now=seq / 30,
+    )
+
+
+def started_down_track(
+    history_size: int = 8,
+) -> tuple[DownTrack, RecordingForwarder, SfuStats]:
+    stats = SfuStats()
+    up = UpTrack("t", "p", "video", "camera", None, VP8, stats)  # type: ignore[arg-type]
+    forwarder = RecordingForwarder()
+    down = DownTrack(
+        up,
+        forwarder,  # type: ignore[arg-type]
+        StreamRewriter(90000, rng=random.Random(7)),
+        PacketHistory(history_size),
+        "s",
+        stats,
+    )
+    down.start(SendParameters([VP8], HeaderExtensionsMap(), ExtensionIds(1, 2, 0), "0"))
+    return down, forwarder, stats
+
+
+async def test_forward_writes_the_subscribers_header_and_counts() -> None:
+    down, forwarder, stats = started_down_track()
+    out = outgoing(100, marker=1)
+    assert down.forward(out) is None
+    [data] = forwarder.sent
+    extensions = extension_block(ExtensionIds(1, 2, 0), b"0", 100, None)
+    assert data[12 : 12 + len(extensions)] == extensions
+    assert data[:2] == bytes([0x90, 0x80 | 96])
+    assert int.from_bytes(data[8:12], "big") == SSRC
+    assert data.endswith(out.payload)
+    assert (stats.forwarded_packets, stats.forwarded_bytes) == (1, len(data))
+
+
+async def test_nacked_packets_are_resent_exactly_as_sent() -> None:
+    down, forwarder, _ = started_down_track()
+    packets = [
+        outgoing(10),
+        outgoing(11, marker=1),
+        outgoing(12, padding=4),
+        outgoing(13, payload=os.urandom(1000)),
+    ]
+    for out in packets:
+        down.forward(out)
+    sent = {int.from_bytes(d[2:4], "big"): d for d in forwarder.sent}
+    await down.answer_nack(list(sent))
+    assert forwarder.resent == list(sent.values())
+    # Each resent packet is the whole packet: header, extensions, payload and padding.
+    padded = forwarder.sent[2]
+    assert padded[0] & 0x20 and padded[-1] == 4 and padded.endswith(bytes(3) + b"\x04")
+
+
+async def test_nacks_for_unknown_or_overwritten_packets_resend_nothing() -> None:
+    down, forwarder, _ = started_down_track(history_size=4)
+    for seq in range(20, 30):
+        down.forward(outgoing(seq))
+    numbers = [int.from_bytes(d[2:4], "big") for d in forwarder.sent]
+    await down.answer_nack([numbers[0], numbers[5], (numbers[-1] + 1) & 0xFFFF])
+    assert forwarder.resent == []
+    await down.answer_nack([numbers[-1]])
+    assert forwarder.resent == [forwarder.sent[-1]]
+
+
+# -- ForwardingSender.send_now ------------------------------------------------------------------
+
+
+class FakeSender:
+    """The RTCRtpSender fields ForwardingSender uses."""
+
+    def __init__(self, transport: Any) -> None:
+        self._ssrc = SSRC
+        self._rtx_ssrc = SSRC + 1
+        self._RTCRtpSender__transport = transport
+        self._RTCRtpSender__ntp_timestamp = 0
+        self._RTCRtpSender__rtp_timestamp = 0
+        self._RTCRtpSender__octet_count = 0
+        self._RTCRtpSender__packet_count = 0
+
+    @property
+    def transport(self) -> Any:
+        return self._RTCRtpSender__transport
+
+    async def send(self, parameters: Any) -> None:
+        pass
+
+    async def _handle_rtcp_packet(self, packet: Any) -> None:
+        pass
+
+
+def srtp_session(direction: int) -> pylibsrtp.Session:
+    return pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=direction))
+
+
+@dataclass
+class Path:
+    forwarder: ForwardingSender
+    sender: FakeSender
+    dtls: SimpleNamespace
+    udp: asyncio.DatagramTransport
+    peer: socket.socket
+
+    def received(self) -> list[bytes]:
+        rx = srtp_session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
+        out = []
+        while True:
+            try:
+                out.append(rx.unprotect(self.peer.recv(2048)))
+            except BlockingIOError:
+                return out
+
+
+@pytest.fixture
+async def path() -> AsyncIterator[Path]:
+    loop = asyncio.get_running_loop()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.setblocking(False)
+    udp, protocol = await loop.create_datagram_endpoint(
+        lambda: StunProtocol(None),  # type: ignore[arg-type]
+        local_addr=("127.0.0.1", 0),
+    )
+    pair = SimpleNamespace(protocol=protocol, remote_addr=peer.getsockname())
+    connection = SimpleNamespace(_nominated={1: pair})
+    dtls = SimpleNamespace(
+        _state=DtlsState.CONNECTED,
+        transport=SimpleNamespace(_connection=connection),
+        _tx_srtp=srtp_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND),
+    )
+    sender = FakeSender(dtls)
+    feedback = SenderFeedback(
+        on_nack=None,  # type: ignore[arg-type]
+        on_keyframe_request=lambda: None,
+        on_remb=lambda bitrate: None,
+        on_started=lambda params: None,
+    )
+    forwarder = ForwardingSender(sender, feedback)  # type: ignore[arg-type]
+    yield Path(forwarder, sender, dtls, udp, peer)
+    udp.close()
+    peer.close()
+
+
+def packet(seq: int, size: int = 200) -> bytes:
+    return rtp_packet(96, 0, seq, seq * 3000, SSRC, b"", bytes([seq & 0xFF]) * size)
+
+
+async def test_send_now_protects_sends_and_counts(path: Path) -> None:
+    data = [packet(1), packet(2, 1100)]
+    for k, d in enumerate(data):
+        assert path.forwarder.send_now(d, 1000 + k, 77 + k, 1 << 20) is True
+    assert path.received() == data
+    sender = path.sender
+    assert sender._RTCRtpSender__packet_count == 2
+    assert sender._RTCRtpSender__octet_count == sum(len(d) - 12 for d in data)
+    assert (sender._RTCRtpSender__rtp_timestamp, sender._RTCRtpSender__ntp_timestamp) == (1001, 78)
+
+
+async def test_send_now_matches_session_protect(path: Path) -> None:
+    data = packet(9, 700)
+    expected = srtp_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND).protect(data)
+    path.forwarder.send_now(data, 0, 0, 1 << 20)
+    assert path.peer.recv(2048) == expected
+
+
+async def test_send_now_drops_over_the_backlog_and_queues_behind_one(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backlog = [300]
+    monkeypatch.setattr(path.udp, "get_write_buffer_size", lambda: backlog[0])
+    queued: list[bytes] = []
+    monkeypatch.setattr(path.udp, "sendto", lambda d, addr=None: queued.append(d))
+    assert path.forwarder.send_now(packet(1), 0, 0, 299) is False  # slow: dropped
+    assert queued == [] and path.sender._RTCRtpSender__packet_count == 0
+    # Something queued in asyncio's transport: the packet goes behind it, through asyncio.
+    assert path.forwarder.send_now(packet(2), 0, 0, 300) is True
+    assert len(queued) == 1 and path.received() == []
+    backlog[0] = 0
+    assert path.forwarder.send_now(packet(3), 0, 0, 300) is True
+    assert len(queued) == 1 and path.received() == [packet(3)]
+
+
+async def test_a_socket_error_falls_back_to_asyncio(path: Path) -> None:
+    path.forwarder.send_now(packet(1), 0, 0, 1 << 20)
+    assert path.received() == [packet(1)]
+
+    class Refusing:
+        def sendto(self, data: bytes, addr: object) -> int:
+            raise BlockingIOError
+
+    path.forwarder._socket = Refusing()
+    assert path.forwarder.send_now(packet(2), 0, 0, 1 << 20) is True
+    assert path.received() == [packet(2)]  # asyncio's sendto sent it
+
+
+async def test_send_now_follows_the_nominated_pair_and_connection_state(path: Path) -> None:
+    path.forwarder.send_now(packet(1), 0, 0, 1 << 20)
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    try:
+        nominated = path.dtls.transport._connection._nominated
+        nominated[1] = SimpleNamespace(
+            protocol=nominated[1].protocol, remote_addr=other.getsockname()
+        )
+        path.forwarder.send_now(packet(2), 0, 0, 1 << 20)
+        assert len(other.recv(2048)) > len(packet(2))
+        assert [p[2:4] for p in path.received()] == [packet(1)[2:4]]
+
+        nominated[1] = SimpleNamespace(protocol=object(), remote_addr=other.getsockname())
+        assert path.forwarder.send_now(packet(3), 0, 0, 1 << 20) is None  # TURN: aiortc's path
+        nominated.clear()
+        with pytest.raises(ConnectionError):
+            path.forwarder.send_now(packet(4), 0, 0, 1 << 20)
+        path.dtls._state = DtlsState.CLOSED
+        with pytest.raises(ConnectionError):
+            path.forwarder.send_now(packet(5), 0, 0, 1 << 20)
+    finally:
+        other.close()
