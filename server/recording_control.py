@@ -295,7 +295,8 @@ class RecordingControl:
     async def recover(self) -> int:
         """At start: recordings the last run left going are interrupted, their partial files
         closed (size and SHA-256 of what reached the disk); they resume when the room is live
-        here again. Returns how many. With workers, they own that (the job stays queued)."""
+        here again. Returns how many. With workers, the workers own that: this only queues again
+        what has no job any more (see `_queue_again`)."""
         if self.jobs is not None:
             await self._queue_again(self.jobs)
             # Redis may lose its data while this node runs, too: look again now and then.

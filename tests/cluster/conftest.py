@@ -109,3 +109,28 @@ async def cluster(tmp_path: Path, cluster_redis: RedisServer) -> AsyncIterator[C
     finally:
         for node in made.nodes.values():
             node.stop()
+
+
+@pytest.fixture
+async def data_dir(tmp_path: Path) -> Path:
+    """A fresh data directory whose store has a host account and the room "ghi-hinh"."""
+    data = tmp_path / "data"
+    database = await open_database(Config(data_dir=data))
+    try:
+        async with database.session() as db, db.begin():
+            host = await create_account(
+                db, "chu-tri", "mat-khau-chu-tri", role="host", hasher=CHEAP
+            )
+            await create_room(
+                db,
+                host,
+                title="Ghi hình",
+                starts_at=datetime.now(UTC),
+                duration_minutes=60,
+                mode="discussion",
+                lobby=False,
+                slug="ghi-hinh",
+            )
+    finally:
+        await database.close()
+    return data

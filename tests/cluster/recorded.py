@@ -1,6 +1,6 @@
-"""A recorded meeting for the cluster tests: a room "ghi-hinh" with a host account in a fresh
-data directory, a host and a member who publishes numbered video, and readers of the catalogue
-and of the recorded files."""
+"""A recorded meeting for the cluster tests (its data directory is the `data_dir` fixture of
+tests/cluster/conftest.py): a host and a member who publishes numbered video in room
+"ghi-hinh", and readers of the catalogue and of the recorded files."""
 
 from __future__ import annotations
 
@@ -8,14 +8,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import av
-import pytest
-from argon2 import PasswordHasher
 
-from server.accounts import create_account
 from server.config import Config
 from server.invitations import mint_invitation
 from server.recordings import get_recording
-from server.room_records import create_room
 from server.secret_key import load_secret_key
 from server.store.db import open_database
 from tests.support.media import BarcodeVideoTrack, read_barcode
@@ -55,31 +51,6 @@ def barcodes(path: Path) -> list[int]:
         except av.error.FFmpegError:
             pass  # the torn end of a killed writer
     return found
-
-
-@pytest.fixture
-async def data_dir(tmp_path: Path) -> Path:
-    data = tmp_path / "data"
-    database = await open_database(Config(data_dir=data))
-    try:
-        async with database.session() as db, db.begin():
-            cheap = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-            host = await create_account(
-                db, "chu-tri", "mat-khau-chu-tri", role="host", hasher=cheap
-            )
-            await create_room(
-                db,
-                host,
-                title="Ghi hình",
-                starts_at=datetime.now(UTC),
-                duration_minutes=60,
-                mode="discussion",
-                lobby=False,
-                slug="ghi-hinh",
-            )
-    finally:
-        await database.close()
-    return data
 
 
 async def meeting(node: NodeProcess, data_dir: Path) -> tuple[Peer, Peer, BarcodeVideoTrack]:

@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.recorded import FPS, barcodes, catalogue, data_dir, meeting, tokens
+from tests.cluster.recorded import FPS, barcodes, catalogue, meeting, tokens
 from tests.support.node_process import NodeProcess, WorkerProcess
 from tests.support.peer import Peer
 from tests.support.redis_server import RedisServer, unique_prefix
-
-__all__ = ["data_dir"]  # the fixture, used by name
 
 DEAD_AFTER = 2.0  # seconds before a silent worker's job goes to another
 

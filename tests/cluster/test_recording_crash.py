@@ -6,10 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.cluster.recorded import FPS, barcodes, catalogue, data_dir, meeting
+from tests.cluster.recorded import FPS, barcodes, catalogue, meeting
 from tests.support.node_process import NodeProcess
-
-__all__ = ["data_dir"]  # the fixture, used by name
 
 
 async def test_a_killed_recording_plays_is_interrupted_and_resumes(data_dir: Path) -> None:
