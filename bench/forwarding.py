@@ -11,8 +11,10 @@ up, then measures over --duration seconds the node process's CPU time (psutil us
 the packets it forwarded (`giaoban_forwarded_packets_total` from /metrics, before and after; the
 subscribers' received packets if the node has no such counter). Then it measures
 bench/relay_baseline.py (aiortc MediaRelay: decode once, re-encode per subscriber) the same way
-for N up to --baseline-max and prints the ratio of CPU seconds per subscriber. Every figure
-printed comes from this run's measurements.
+for N up to --baseline-max and prints the ratio of CPU seconds per subscriber. Between the two
+it measures the floor under the forwarding figure at the largest N (bench/sendto_floor.py: as
+many sockets, the same packet rate and mean packet size, SRTP protect + sendto and nothing
+else). Every figure printed comes from this run's measurements.
 """
 
 from __future__ import annotations
@@ -291,6 +293,30 @@ def print_comparison(forwarding: Series, baseline: Series) -> None:
         )
 
 
+def print_floor(row: Row, seconds: float) -> None:
+    """The same-run floor under the forwarding figure at the largest N (bench/sendto_floor.py)."""
+    import sendto_floor
+
+    forwarded_bytes = row.node_counters.get("giaoban_forwarded_bytes_total")
+    size = round(forwarded_bytes / row.pps) if forwarded_bytes and row.pps else 700
+    rate = row.published_pps or 141.0
+    print(
+        f"\nFloor (bench/sendto_floor.py, no node): {row.subscribers} sockets to receivers in two "
+        f"processes, {rate:.0f} rounds/s, {size} B (the N, packet rate and mean forwarded size "
+        "above):",
+        flush=True,
+    )
+    floor = sendto_floor.measure(row.subscribers, rate, size, max(seconds, 4.0))
+    print(f"  sendto alone:            {floor.sendto_us:6.1f} µs per datagram")
+    print(f"  SRTP protect + sendto:   {floor.srtp_sendto_us:6.1f} µs per datagram")
+    print(
+        f"  forwarding at N={row.subscribers}: {row.us_per_packet:.1f} µs per packet, "
+        f"{row.us_per_packet - floor.srtp_sendto_us:.1f} µs above the floor (receiving, RTCP, "
+        "rewriting, Python)",
+        flush=True,
+    )
+
+
 def print_series(series: Series) -> None:
     for note in series.notes:
         print(f"  note: {note}")
@@ -387,6 +413,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         )
     if forwarding is None:
         return 1
+    if forwarding.rows:
+        print_floor(forwarding.rows[-1], args.duration)
     if args.baseline_max <= 0 or args.only == "forwarding":
         return 0
     baseline_server = local_server(

@@ -4,7 +4,8 @@ Forwarding needs three things aiortc does not offer publicly:
 - on a receiver, every parsed RTP packet (after RTX unwrapping) handed to us instead of its
   jitter buffer and decoder thread, while aiortc keeps sending NACKs, receiver reports and REMB;
 - on a sender, RTCP feedback (NACK, PLI/FIR, REMB) handed to us, since its own handling feeds
-  an encoder we never run, and our packets counted in its sender reports;
+  an encoder we never run, and our packets counted in its sender reports (its class is swapped
+  for a subclass that reads those counts from our ForwardingSender);
 - the negotiated send parameters (codecs, header-extension ids, mid) of a sender.
 
 `check_internals()` runs at import and tests/unit/test_aiortc_tap.py asserts it, so an aiortc
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 import aiortc
 import pylibsrtp
 from aioice.ice import StunProtocol
-from aiortc import RTCRtpReceiver, RTCRtpSender, clock
+from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender, clock
 from aiortc import rtcrtpreceiver as _receiver_module
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import State as DtlsState
@@ -82,6 +83,13 @@ def check_internals() -> None:
             raise TapError(f"RTCRtpReceiver.{method} is gone")
     if not hasattr(RTCRtpSender, "_handle_rtcp_packet"):
         raise TapError("RTCRtpSender._handle_rtcp_packet is gone")
+    # Sender reports read these fields (ForwardingSender keeps them), and the DTLS transport
+    # announces its state changes (ForwardingSender follows them instead of polling).
+    for name in ("ntp_timestamp", "rtp_timestamp", "octet_count", "packet_count"):
+        if _S + name not in RTCRtpSender._run_rtcp.__code__.co_names:
+            raise TapError(f"RTCRtpSender's sender reports no longer read {name!r}")
+    if "statechange" not in RTCDtlsTransport._set_state.__code__.co_consts:
+        raise TapError("RTCDtlsTransport no longer emits 'statechange'")
     _check_srtp()
 
 
@@ -254,8 +262,42 @@ class SenderFeedback:
     on_started: Callable[[SendParameters], None]
 
 
+# aiortc's sender reports read four private fields of the sender; the forwarding path keeps
+# those counts on the ForwardingSender (touching aiortc's object per packet cost a cache miss
+# per subscriber), and a subclass of the sender's class makes aiortc read them from there.
+_REPORT_FIELDS = {
+    "ntp_timestamp": "ntp_time",
+    "rtp_timestamp": "rtp_timestamp",
+    "octet_count": "octet_count",
+    "packet_count": "packet_count",
+}
+_reporting_classes: dict[type, type] = {}
+
+
+def _reported(name: str) -> property:
+    def get(sender: object) -> int:
+        return getattr(sender._giaoban_forwarding, name)  # type: ignore[attr-defined]
+
+    def put(sender: object, value: int) -> None:
+        setattr(sender._giaoban_forwarding, name, value)  # type: ignore[attr-defined]
+
+    return property(get, put)
+
+
+def _reporting_class(cls: type) -> type:
+    """`cls` with its sender-report fields read from the ForwardingSender (cached per class)."""
+    subclass = _reporting_classes.get(cls)
+    if subclass is None:
+        fields = {_S + field: _reported(ours) for field, ours in _REPORT_FIELDS.items()}
+        subclass = _reporting_classes[cls] = type(cls.__name__, (cls,), fields)
+    return subclass
+
+
 class ForwardingSender:
     """Drives an aiortc RTCRtpSender whose track is never read: we write its RTP ourselves."""
+
+    # Every so many packets send_now looks whether the ICE connection nominated another pair.
+    PATH_CHECK_PACKETS = 32
 
     def __init__(self, sender: RTCRtpSender, feedback: SenderFeedback) -> None:
         _require(sender, _S, _SENDER_FIELDS)
@@ -275,6 +317,15 @@ class ForwardingSender:
         self._remote: tuple[str, int] | None = None
         self._srtp: pylibsrtp.Session | None = None
         self._srtp_context: object = None
+        self._connected = False  # the DTLS transport's state, kept by its statechange event
+        self._unchecked = 0  # packets sent since the nominated pair was last looked at
+        # What aiortc's sender reports say: the last packet's timestamps, octets and packets.
+        self.ntp_time = sender._RTCRtpSender__ntp_timestamp  # type: ignore[attr-defined]
+        self.rtp_timestamp = sender._RTCRtpSender__rtp_timestamp  # type: ignore[attr-defined]
+        self.octet_count = sender._RTCRtpSender__octet_count  # type: ignore[attr-defined]
+        self.packet_count = sender._RTCRtpSender__packet_count  # type: ignore[attr-defined]
+        sender._giaoban_forwarding = self  # type: ignore[attr-defined]
+        sender.__class__ = _reporting_class(type(sender))
         original_send = sender.send
         original_rtcp = sender._handle_rtcp_packet
 
@@ -295,6 +346,7 @@ class ForwardingSender:
                 rtx,
             )
             await original_send(parameters)
+            self._bind_transport()
             if first:
                 feedback.on_started(self.parameters)
 
@@ -319,74 +371,106 @@ class ForwardingSender:
         sender.send = send  # type: ignore[method-assign]
         sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
 
-    def send_now(self, data: bytes, timestamp: int, ntp_time: int, max_backlog: int) -> bool | None:
-        """Send one RTP packet synchronously: SRTP-protect it and write it to the subscriber's
-        UDP socket. False: the socket's buffer holds more than `max_backlog` (a slow
-        subscriber: the packet is dropped); None: no direct path (TURN), use send_rtp.
+    def send_now(
+        self, header: bytes, tail: bytes, timestamp: int, ntp_time: int, max_backlog: int
+    ) -> bool | None:
+        """Send one RTP packet (fixed header, then the rest) synchronously: SRTP-protect it and
+        write it to the subscriber's UDP socket. False: the socket's buffer holds more than
+        `max_backlog` (a slow subscriber: the packet is dropped); None: no direct path (TURN),
+        use send_rtp.
 
         This skips four nested coroutines of aiortc's path per packet, which is most of the
         forwarding cost. With nothing queued in asyncio's transport, the datagram goes straight
         to its socket (asyncio's own sendto takes over on any error: it queues on EAGAIN and
         reports the rest). Raises ConnectionError when the connection is not up.
         """
-        sender = self.sender
-        dtls = sender._RTCRtpSender__transport  # type: ignore[attr-defined]
-        if dtls._state is not _DTLS_CONNECTED:
-            raise ConnectionError("down connection is not connected")
-        if dtls is not self._dtls:
-            self._dtls = dtls
-            self._nominated = dtls.transport._connection._nominated  # cleared, never replaced
-            self._pair = None
-        pair = self._nominated.get(1)
-        if pair is not self._pair or pair is None:
-            if pair is None:
-                raise ConnectionError("no nominated ICE pair")
-            protocol = pair.protocol
-            if type(protocol) is not StunProtocol:
+        if not self._connected or self._udp is None:
+            if self._find_path():
                 return None
-            udp = protocol.transport
-            self._udp = udp
-            self._socket = getattr(udp, "_sock", None) if not getattr(udp, "_address", 1) else None
-            self._remote = pair.remote_addr
-            self._srtp = dtls._tx_srtp
-            self._srtp_context = self._srtp._srtp[0]
-            self._pair = pair
+        elif self._unchecked >= self.PATH_CHECK_PACKETS:
+            if self._find_path():
+                return None
+        self._unchecked += 1
         udp = self._udp
-        backlog = udp.get_write_buffer_size()
+        backlog = udp.get_write_buffer_size()  # type: ignore[union-attr]
         if backlog > max_backlog:
             return False
         # SRTP protect, as pylibsrtp's Session.protect does, in one buffer shared by all.
-        size = len(data)
+        size = 12 + len(tail)
         if size > _SRTP_ROOM:
             raise ValueError("packet is too long")
         _SRTP_LEN[0] = size
-        _SRTP_BUFFER[0:size] = data
+        _SRTP_BUFFER[0:12] = header
+        _SRTP_BUFFER[12:size] = tail
         status = _srtp_protect(self._srtp_context, _SRTP_DATA, _SRTP_LEN)
         if status:
             raise pylibsrtp.Error(_SRTP_ERRORS[status])
         packet = _SRTP_BUFFER[0 : _SRTP_LEN[0]]
         raw = self._socket
         if backlog or raw is None:
-            udp.sendto(packet, self._remote)
+            udp.sendto(packet, self._remote)  # type: ignore[union-attr]
         else:
             try:
-                raw.sendto(packet, self._remote)
+                raw.sendto(packet, self._remote)  # type: ignore[attr-defined]
             except OSError:
-                udp.sendto(packet, self._remote)
-        # aiortc's sender-report fields, as _count keeps them.
-        sender._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]
-        sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
-        sender._RTCRtpSender__octet_count += size - 12  # type: ignore[attr-defined]
-        sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+                udp.sendto(packet, self._remote)  # type: ignore[union-attr]
+        self.ntp_time = ntp_time
+        self.rtp_timestamp = timestamp
+        self.octet_count += size - 12
+        self.packet_count += 1
         return True
 
+    def _bind_transport(self) -> None:
+        """Follow the sender's DTLS transport: its state from now on comes by its event."""
+        dtls = self.sender._RTCRtpSender__transport  # type: ignore[attr-defined]
+        if dtls is self._dtls:
+            return
+        self._dtls = dtls
+        self._nominated = dtls.transport._connection._nominated  # cleared, never replaced
+        self._pair = None
+        self._udp = None
+
+        def state_changed() -> None:
+            if self._dtls is dtls:
+                self._connected = dtls._state is _DTLS_CONNECTED
+
+        if dtls is not None:
+            dtls.on("statechange", state_changed)
+        self._connected = dtls is not None and dtls._state is _DTLS_CONNECTED
+
+    def _find_path(self) -> bool:
+        """Look up the path packets take now; True if there is no direct one (TURN).
+
+        Raises ConnectionError when the connection is not up.
+        """
+        self._bind_transport()
+        self._unchecked = 0
+        if not self._connected:
+            raise ConnectionError("down connection is not connected")
+        pair = self._nominated.get(1)
+        if pair is None:
+            raise ConnectionError("no nominated ICE pair")
+        if pair is not self._pair or self._udp is None:
+            protocol = pair.protocol  # type: ignore[attr-defined]
+            if type(protocol) is not StunProtocol:
+                self._udp = None
+                return True
+            udp = protocol.transport
+            self._udp = udp
+            self._socket = getattr(udp, "_sock", None) if not getattr(udp, "_address", 1) else None
+            self._remote = pair.remote_addr  # type: ignore[attr-defined]
+            dtls = self._dtls
+            self._srtp = dtls._tx_srtp  # type: ignore[attr-defined]
+            self._srtp_context = self._srtp._srtp[0]  # type: ignore[union-attr]
+            self._pair = pair
+        return False
+
     def _count(self, data: bytes, timestamp: int, ntp_time: int) -> None:
-        """Keep aiortc's sender-report fields true for the packets we send."""
-        sender = self.sender
-        sender._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]
-        sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
-        sender._RTCRtpSender__octet_count += len(data) - 12  # type: ignore[attr-defined]
-        sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+        """Count a packet sent through aiortc's path in the sender reports."""
+        self.ntp_time = ntp_time
+        self.rtp_timestamp = timestamp
+        self.octet_count += len(data) - 12
+        self.packet_count += 1
 
     async def send_rtp(self, data: bytes, timestamp: int) -> None:
         """Send one RTP packet through aiortc's own path (used where send_now cannot)."""

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable
 
 from server.sfu.aiortc_tap import ForwardingSender, SendParameters
-from server.sfu.rtp_header import extension_block, rtp_packet
+from server.sfu.rtp_header import extension_block, fixed_header, packet_tail
 from server.sfu.rtp_rewrite import PacketHistory, StreamRewriter
 from server.sfu.stats import SfuStats
 from server.sfu.up_track import Outgoing, UpTrack
@@ -130,30 +130,32 @@ class DownTrack:
         if numbers is None:
             return None
         sequence_number, timestamp = numbers
-        cache = out.extension_cache
-        extensions = cache.get(self._extension_key)
-        if extensions is None:
-            extensions = cache[self._extension_key] = extension_block(
-                params.extension_ids, params.mid_bytes, out.abs_send_time, out.audio_level
+        # The tail (extensions, payload, padding) is shared by every subscriber with the same
+        # extension ids and mid; the fixed header is this subscriber's own.
+        cache = out.tails
+        tail = cache.get(self._extension_key)
+        if tail is None:
+            tail = cache[self._extension_key] = packet_tail(
+                extension_block(
+                    params.extension_ids, params.mid_bytes, out.abs_send_time, out.audio_level
+                ),
+                out.payload,
+                out.padding_size,
             )
-        data = rtp_packet(
-            down_pt,
-            out.marker,
-            sequence_number,
-            timestamp,
-            self._ssrc,
-            extensions,
-            out.payload,
-            out.padding_size,
+        first, rest = tail
+        header = fixed_header(
+            first, (out.marker << 7) | down_pt, sequence_number, timestamp, self._ssrc
         )
-        self._history.put(sequence_number, data)
+        self._history.put(sequence_number, (header, rest))
         try:
-            sent = self._forwarder.send_now(data, timestamp, out.ntp_time, MAX_BACKLOG_BYTES)
+            sent = self._forwarder.send_now(
+                header, rest, timestamp, out.ntp_time, MAX_BACKLOG_BYTES
+            )
         except ConnectionError:
             self._stats.dropped_packets += 1
             return None
         if sent is None:
-            return self._send_slowly(data, timestamp)
+            return self._send_slowly(header + rest, timestamp)
         if not sent:
             # A slow subscriber: drop, and restart video from a keyframe once it drains.
             self._stats.dropped_packets += 1
@@ -162,7 +164,7 @@ class DownTrack:
             return None
         stats = self._stats
         stats.forwarded_packets += 1
-        stats.forwarded_bytes += len(data)
+        stats.forwarded_bytes += 12 + len(rest)
         return None
 
     async def _send_slowly(self, data: bytes, timestamp: int) -> None:
@@ -177,10 +179,11 @@ class DownTrack:
     async def answer_nack(self, lost: list[int]) -> None:
         """Resend what the subscriber lost, from this m-line's history."""
         for seq in lost:
-            data = self._history.get(seq)
-            if isinstance(data, bytes):
+            sent = self._history.get(seq)
+            if isinstance(sent, tuple):
+                header, rest = sent
                 try:
-                    await self._forwarder.resend(data)
+                    await self._forwarder.resend(header + rest)
                 except ConnectionError:
                     return
                 self._stats.retransmitted_packets += 1

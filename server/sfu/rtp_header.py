@@ -62,6 +62,21 @@ def extension_block(
     )
 
 
+def packet_tail(extensions: bytes, payload: bytes, padding_size: int = 0) -> tuple[int, bytes]:
+    """(first header byte, everything after the fixed header) of a forwarded packet.
+
+    Subscribers with the same extension block share one tail: only the 12-byte fixed header
+    is theirs alone, so the payload is copied once per packet, not once per subscriber.
+    """
+    first = 0x80 | (0x10 if extensions else 0) | (0x20 if padding_size else 0)
+    if padding_size:
+        return first, extensions + payload + bytes(padding_size - 1) + bytes([padding_size])
+    return first, extensions + payload
+
+
+fixed_header = _FIXED.pack  # (first byte, marker << 7 | payload type, seq, timestamp, ssrc)
+
+
 def rtp_packet(
     payload_type: int,
     marker: int,
@@ -73,8 +88,5 @@ def rtp_packet(
     padding_size: int = 0,
 ) -> bytes:
     """A whole RTP packet (no CSRCs: an SFU forwards one source per stream)."""
-    first = 0x80 | (0x10 if extensions else 0) | (0x20 if padding_size else 0)
-    header = _FIXED.pack(first, (marker << 7) | payload_type, sequence_number, timestamp, ssrc)
-    if padding_size:
-        return header + extensions + payload + bytes(padding_size - 1) + bytes([padding_size])
-    return header + extensions + payload
+    first, tail = packet_tail(extensions, payload, padding_size)
+    return _FIXED.pack(first, (marker << 7) | payload_type, sequence_number, timestamp, ssrc) + tail

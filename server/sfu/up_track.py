@@ -50,8 +50,9 @@ class Outgoing:
     abs_send_time: int
     audio_level: tuple[bool, int] | None
     now: float
-    # Subscribers with the same extension ids and mid share one extension block.
-    extension_cache: dict[object, bytes] = field(default_factory=dict)
+    # Subscribers with the same extension ids and mid share one packet tail (first header
+    # byte, then extensions, payload and padding): see rtp_header.packet_tail.
+    tails: dict[object, tuple[int, bytes]] = field(default_factory=dict)
 
 
 class UpTrack:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import aiortc
 import aiortc.rtcrtpreceiver
+import aiortc.rtcrtpsender
 import pytest
 from aiortc import (
     RTCCertificate,
@@ -39,6 +40,7 @@ from aiortc.rtp import (
     RtcpPsfbPacket,
     RtcpRrPacket,
     RtcpRtpfbPacket,
+    RtcpSrPacket,
     RtpPacket,
     pack_remb_fci,
     wrap_rtx,
@@ -459,6 +461,32 @@ async def test_send_rtp_counts_for_sender_reports(
     assert fwd.sender._RTCRtpSender__packet_count == 2
     assert fwd.sender._RTCRtpSender__octet_count == 2 * (len(data) - 12)
     assert fwd.sender._RTCRtpSender__rtp_timestamp == 93000
+
+
+async def test_sender_reports_carry_the_forwarding_senders_counts(
+    forwarding: tuple[ForwardingSender, Feedback], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fwd, _feedback = forwarding
+    assert isinstance(fwd.sender, RTCRtpSender)
+    reports: asyncio.Queue[list[object]] = asyncio.Queue()
+
+    async def capture(packets: list[object]) -> None:
+        reports.put_nowait(packets)
+
+    monkeypatch.setattr(fwd.sender, "_send_rtcp", capture)
+    monkeypatch.setattr(aiortc.rtcrtpsender.random, "random", lambda: 0.0)  # first SR at 0.5 s
+    # What send_now counts goes on the ForwardingSender, not on aiortc's sender.
+    fwd.ntp_time, fwd.rtp_timestamp, fwd.octet_count, fwd.packet_count = 7 << 32, 1234, 5000, 9
+    task = asyncio.ensure_future(fwd.sender._run_rtcp())
+    try:
+        packets = await asyncio.wait_for(reports.get(), 5)
+    finally:
+        task.cancel()
+        await task
+    [report] = [p for p in packets if isinstance(p, RtcpSrPacket)]
+    info = report.sender_info
+    assert (info.ntp_timestamp, info.rtp_timestamp) == (7 << 32, 1234)
+    assert (info.octet_count, info.packet_count) == (5000, 9)
 
 
 async def test_resend_wraps_as_rtx_when_negotiated(

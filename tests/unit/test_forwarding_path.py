@@ -46,8 +46,10 @@ class RecordingForwarder:
     sent: list[bytes] = field(default_factory=list)
     resent: list[bytes] = field(default_factory=list)
 
-    def send_now(self, data: bytes, timestamp: int, ntp_time: int, max_backlog: int) -> bool:
-        self.sent.append(data)
+    def send_now(
+        self, header: bytes, tail: bytes, timestamp: int, ntp_time: int, max_backlog: int
+    ) -> bool:
+        self.sent.append(header + tail)
         return True
 
     async def resend(self, data: bytes) -> None:
@@ -156,6 +158,25 @@ class FakeSender:
         pass
 
 
+class FakeDtls:
+    """The RTCDtlsTransport fields and event ForwardingSender uses."""
+
+    def __init__(self, connection: Any) -> None:
+        self._state = DtlsState.CONNECTED
+        self.transport = SimpleNamespace(_connection=connection)
+        self._tx_srtp = srtp_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        self._handlers: list[Any] = []
+
+    def on(self, event: str, handler: Any) -> None:
+        assert event == "statechange"
+        self._handlers.append(handler)
+
+    def set_state(self, state: DtlsState) -> None:
+        self._state = state
+        for handler in self._handlers:
+            handler()
+
+
 def srtp_session(direction: int) -> pylibsrtp.Session:
     return pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=direction))
 
@@ -164,7 +185,7 @@ def srtp_session(direction: int) -> pylibsrtp.Session:
 class Path:
     forwarder: ForwardingSender
     sender: FakeSender
-    dtls: SimpleNamespace
+    dtls: FakeDtls
     udp: asyncio.DatagramTransport
     peer: socket.socket
 
@@ -190,11 +211,7 @@ async def path() -> AsyncIterator[Path]:
     )
     pair = SimpleNamespace(protocol=protocol, remote_addr=peer.getsockname())
     connection = SimpleNamespace(_nominated={1: pair})
-    dtls = SimpleNamespace(
-        _state=DtlsState.CONNECTED,
-        transport=SimpleNamespace(_connection=connection),
-        _tx_srtp=srtp_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND),
-    )
+    dtls = FakeDtls(connection)
     sender = FakeSender(dtls)
     feedback = SenderFeedback(
         on_nack=None,  # type: ignore[arg-type]
@@ -212,10 +229,20 @@ def packet(seq: int, size: int = 200) -> bytes:
     return rtp_packet(96, 0, seq, seq * 3000, SSRC, b"", bytes([seq & 0xFF]) * size)
 
 
+def send(
+    forwarder: ForwardingSender,
+    data: bytes,
+    timestamp: int = 0,
+    ntp_time: int = 0,
+    backlog: int = 1 << 20,
+) -> bool | None:
+    return forwarder.send_now(data[:12], data[12:], timestamp, ntp_time, backlog)
+
+
 async def test_send_now_protects_sends_and_counts(path: Path) -> None:
     data = [packet(1), packet(2, 1100)]
     for k, d in enumerate(data):
-        assert path.forwarder.send_now(d, 1000 + k, 77 + k, 1 << 20) is True
+        assert send(path.forwarder, d, 1000 + k, 77 + k) is True
     assert path.received() == data
     sender = path.sender
     assert sender._RTCRtpSender__packet_count == 2
@@ -226,7 +253,7 @@ async def test_send_now_protects_sends_and_counts(path: Path) -> None:
 async def test_send_now_matches_session_protect(path: Path) -> None:
     data = packet(9, 700)
     expected = srtp_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND).protect(data)
-    path.forwarder.send_now(data, 0, 0, 1 << 20)
+    send(path.forwarder, data)
     assert path.peer.recv(2048) == expected
 
 
@@ -237,18 +264,18 @@ async def test_send_now_drops_over_the_backlog_and_queues_behind_one(
     monkeypatch.setattr(path.udp, "get_write_buffer_size", lambda: backlog[0])
     queued: list[bytes] = []
     monkeypatch.setattr(path.udp, "sendto", lambda d, addr=None: queued.append(d))
-    assert path.forwarder.send_now(packet(1), 0, 0, 299) is False  # slow: dropped
+    assert send(path.forwarder, packet(1), backlog=299) is False  # slow: dropped
     assert queued == [] and path.sender._RTCRtpSender__packet_count == 0
     # Something queued in asyncio's transport: the packet goes behind it, through asyncio.
-    assert path.forwarder.send_now(packet(2), 0, 0, 300) is True
+    assert send(path.forwarder, packet(2), backlog=300) is True
     assert len(queued) == 1 and path.received() == []
     backlog[0] = 0
-    assert path.forwarder.send_now(packet(3), 0, 0, 300) is True
+    assert send(path.forwarder, packet(3), backlog=300) is True
     assert len(queued) == 1 and path.received() == [packet(3)]
 
 
 async def test_a_socket_error_falls_back_to_asyncio(path: Path) -> None:
-    path.forwarder.send_now(packet(1), 0, 0, 1 << 20)
+    send(path.forwarder, packet(1))
     assert path.received() == [packet(1)]
 
     class Refusing:
@@ -256,12 +283,12 @@ async def test_a_socket_error_falls_back_to_asyncio(path: Path) -> None:
             raise BlockingIOError
 
     path.forwarder._socket = Refusing()
-    assert path.forwarder.send_now(packet(2), 0, 0, 1 << 20) is True
+    assert send(path.forwarder, packet(2)) is True
     assert path.received() == [packet(2)]  # asyncio's sendto sent it
 
 
 async def test_send_now_follows_the_nominated_pair_and_connection_state(path: Path) -> None:
-    path.forwarder.send_now(packet(1), 0, 0, 1 << 20)
+    send(path.forwarder, packet(1))
     other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     other.bind(("127.0.0.1", 0))
     try:
@@ -269,17 +296,27 @@ async def test_send_now_follows_the_nominated_pair_and_connection_state(path: Pa
         nominated[1] = SimpleNamespace(
             protocol=nominated[1].protocol, remote_addr=other.getsockname()
         )
-        path.forwarder.send_now(packet(2), 0, 0, 1 << 20)
+        # The nominated pair is looked at every PATH_CHECK_PACKETS packets, not per packet.
+        every = ForwardingSender.PATH_CHECK_PACKETS
+        for seq in range(2, 2 + every):
+            send(path.forwarder, packet(seq))
         assert len(other.recv(2048)) > len(packet(2))
-        assert [p[2:4] for p in path.received()] == [packet(1)[2:4]]
+        assert [p[2:4] for p in path.received()] == [packet(s)[2:4] for s in range(1, 1 + every)]
 
         nominated[1] = SimpleNamespace(protocol=object(), remote_addr=other.getsockname())
-        assert path.forwarder.send_now(packet(3), 0, 0, 1 << 20) is None  # TURN: aiortc's path
+        results = [send(path.forwarder, packet(seq)) for seq in range(100, 100 + every)]
+        assert results[-1] is None  # TURN: aiortc's path
         nominated.clear()
         with pytest.raises(ConnectionError):
-            path.forwarder.send_now(packet(4), 0, 0, 1 << 20)
-        path.dtls._state = DtlsState.CLOSED
+            for seq in range(200, 200 + every):
+                send(path.forwarder, packet(seq))
+        # A connection that closes stops sending at once (its state comes by event).
+        nominated[1] = SimpleNamespace(
+            protocol=path.udp.get_protocol(), remote_addr=other.getsockname()
+        )
+        send(path.forwarder, packet(300))
+        path.dtls.set_state(DtlsState.CLOSED)
         with pytest.raises(ConnectionError):
-            path.forwarder.send_now(packet(5), 0, 0, 1 << 20)
+            send(path.forwarder, packet(301))
     finally:
         other.close()
