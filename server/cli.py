@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import logging
 import sys
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +20,8 @@ from server.config import SETTINGS, Config
 from server.errors import BadRequest, ConfigError, GiaoBanError, StoreError
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from server.sites import SiteNode
 
 
@@ -127,55 +131,87 @@ def _table(rows: list[list[str]]) -> str:
     )
 
 
-async def _users(args: argparse.Namespace, config: Config, password: str | None) -> str:
-    """Run one `giaoban users` command; returns what to print."""
+@contextlib.asynccontextmanager
+async def _transaction(config: Config) -> AsyncIterator[AsyncSession]:
+    """One transaction on the node's database for a command; store failures become StoreError."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from server import accounts
-    from server.auth import end_account_sessions
     from server.store.db import open_database
 
     database = await open_database(config)
     try:
         async with database.session() as session, session.begin():
-            if args.users_command == "add":
-                assert password is not None
-                account = await accounts.create_account(
-                    session,
-                    args.username,
-                    password,
-                    role=args.role,
-                    display_name=args.name,
-                    site_code=args.site,
-                )
-                return (
-                    f"Đã tạo tài khoản / account created: {account.username} ({account.role.value})"
-                )
-            if args.users_command == "passwd":
-                assert password is not None
-                account = await accounts.set_password(session, args.username, password)
-                await end_account_sessions(session, account.id)  # signed out everywhere
-                return f"Đã đổi mật khẩu / password changed: {account.username}"
-            if args.users_command == "disable":
-                account = await accounts.disable_account(session, args.username)
-                await end_account_sessions(session, account.id)
-                return f"Đã khoá tài khoản / account disabled: {account.username}"
-            rows = [["username", "name", "role", "site", "disabled"]]
-            for account in await accounts.list_accounts(session):
-                rows.append(
-                    [
-                        account.username,
-                        account.display_name,
-                        account.role.value,
-                        account.site.code if account.site is not None else "-",
-                        "yes" if account.disabled else "no",
-                    ]
-                )
-            return _table(rows)
+            yield session
     except SQLAlchemyError as exc:  # e.g. the database is locked or went away
         raise StoreError(str(getattr(exc, "orig", None) or exc).splitlines()[0]) from exc
     finally:
         await database.close()
+
+
+def _run_command(action: Callable[[], str | None]) -> int:
+    """Print what `action` returns (exit 0); a GiaoBanError or ^C is one line on stderr (2)."""
+    from server.site_csv import CsvRejected
+
+    try:
+        output = action()
+        if output is not None:
+            print(output)
+    except CsvRejected as exc:
+        print(
+            f"giaoban: tệp bị từ chối, không nhập gì / file refused, nothing imported: "
+            f"{len(exc.problems)} problem(s)",
+            file=sys.stderr,
+        )
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except GiaoBanError as exc:
+        print(f"giaoban: {exc.message}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, EOFError):
+        print("giaoban: cancelled / đã huỷ", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _users(args: argparse.Namespace, config: Config, password: str | None) -> str:
+    """Run one `giaoban users` command; returns what to print."""
+    from server import accounts
+    from server.auth import end_account_sessions
+
+    async with _transaction(config) as session:
+        if args.users_command == "add":
+            assert password is not None
+            account = await accounts.create_account(
+                session,
+                args.username,
+                password,
+                role=args.role,
+                display_name=args.name,
+                site_code=args.site,
+            )
+            return f"Đã tạo tài khoản / account created: {account.username} ({account.role.value})"
+        if args.users_command == "passwd":
+            assert password is not None
+            account = await accounts.set_password(session, args.username, password)
+            await end_account_sessions(session, account.id)  # signed out everywhere
+            return f"Đã đổi mật khẩu / password changed: {account.username}"
+        if args.users_command == "disable":
+            account = await accounts.disable_account(session, args.username)
+            await end_account_sessions(session, account.id)
+            return f"Đã khoá tài khoản / account disabled: {account.username}"
+        rows = [["username", "name", "role", "site", "disabled"]]
+        for account in await accounts.list_accounts(session):
+            rows.append(
+                [
+                    account.username,
+                    account.display_name,
+                    account.role.value,
+                    account.site.code if account.site is not None else "-",
+                    "yes" if account.disabled else "no",
+                ]
+            )
+        return _table(rows)
 
 
 def _when(moment: datetime | None) -> str:
@@ -184,73 +220,51 @@ def _when(moment: datetime | None) -> str:
 
 async def _tokens(args: argparse.Namespace, config: Config) -> str:
     """Run one `giaoban tokens` command; returns what to print."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     from server import accounts, api_tokens
-    from server.store.db import open_database
 
-    database = await open_database(config)
-    try:
-        async with database.session() as session, session.begin():
-            if args.tokens_command == "add":
-                account = await accounts.get_account(session, args.username)
-                row, token = await api_tokens.create_api_token(session, account, args.name)
-                # The token alone on the last line: `| tail -n1` hands it to a script.
-                return (
-                    f"Đã tạo mã {row.id} cho {account.username} / token {row.id} made for "
-                    f"{account.username}; it is shown only now:\n{token}"
-                )
-            if args.tokens_command == "revoke":
-                row = await api_tokens.revoke_api_token(session, None, args.id)
-                return f"Đã thu hồi mã / token revoked: {row.id} ({row.name})"
-            found = await api_tokens.list_all_api_tokens(session)
-            if args.username:
-                owner = await accounts.get_account(session, args.username)
-                found = [row for row in found if row.account_id == owner.id]
-            rows = [["id", "username", "name", "created", "last used", "revoked"]]
-            for row in found:
-                rows.append(
-                    [
-                        str(row.id),
-                        row.account.username,
-                        row.name,
-                        _when(row.created_at),
-                        _when(row.last_used_at),
-                        _when(row.revoked_at),
-                    ]
-                )
-            return _table(rows)
-    except SQLAlchemyError as exc:  # e.g. the database is locked or went away
-        raise StoreError(str(getattr(exc, "orig", None) or exc).splitlines()[0]) from exc
-    finally:
-        await database.close()
+    async with _transaction(config) as session:
+        if args.tokens_command == "add":
+            account = await accounts.get_account(session, args.username)
+            row, token = await api_tokens.create_api_token(session, account, args.name)
+            # The token alone on the last line: `| tail -n1` hands it to a script.
+            return (
+                f"Đã tạo mã {row.id} cho {account.username} / token {row.id} made for "
+                f"{account.username}; it is shown only now:\n{token}"
+            )
+        if args.tokens_command == "revoke":
+            row = await api_tokens.revoke_api_token(session, None, args.id)
+            return f"Đã thu hồi mã / token revoked: {row.id} ({row.name})"
+        found = await api_tokens.list_all_api_tokens(session)
+        if args.username:
+            owner = await accounts.get_account(session, args.username)
+            found = [row for row in found if row.account_id == owner.id]
+        rows = [["id", "username", "name", "created", "last used", "revoked"]]
+        for row in found:
+            rows.append(
+                [
+                    str(row.id),
+                    row.account.username,
+                    row.name,
+                    _when(row.created_at),
+                    _when(row.last_used_at),
+                    _when(row.revoked_at),
+                ]
+            )
+        return _table(rows)
 
 
 def _run_tokens(args: argparse.Namespace, config: Config) -> int:
-    try:
-        print(asyncio.run(_tokens(args, config)))
-    except GiaoBanError as exc:
-        print(f"giaoban: {exc.message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("giaoban: cancelled / đã huỷ", file=sys.stderr)
-        return 2
-    return 0
+    return _run_command(lambda: asyncio.run(_tokens(args, config)))
 
 
 def _run_users(args: argparse.Namespace, config: Config) -> int:
-    try:
+    def run() -> str:
         password = None
         if args.users_command in ("add", "passwd"):
             password = _read_password(args.password_stdin)
-        print(asyncio.run(_users(args, config, password)))
-    except GiaoBanError as exc:
-        print(f"giaoban: {exc.message}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, EOFError):
-        print("giaoban: cancelled / đã huỷ", file=sys.stderr)
-        return 2
-    return 0
+        return asyncio.run(_users(args, config, password))
+
+    return _run_command(run)
 
 
 def _add_sites_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -300,29 +314,18 @@ def _read_csv(path: str) -> str:
 
 async def _sites(args: argparse.Namespace, config: Config) -> str:
     """Run one `giaoban sites` command (but `provinces`); returns what to print."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     from server import sites
-    from server.store.db import open_database
 
     text = _read_csv(args.csv) if getattr(args, "csv", None) else None
-    database = await open_database(config)
-    try:
-        async with database.session() as session, session.begin():
-            if args.sites_command == "import" and text is not None:
-                rows = sites.parse_site_csv(text, await sites.stored_parents(session))
-                result = await sites.import_sites(session, rows)
-                return f"Đã nhập / imported {args.csv}: {result}"
-            if args.sites_command == "import":
-                result = await sites.import_province(
-                    session, args.province, parent_code=args.parent
-                )
-                return f"Đã nhập tỉnh / province imported {args.province}: {result}"
-            tree = await sites.site_tree(session)
-    except SQLAlchemyError as exc:  # e.g. the database is locked or went away
-        raise StoreError(str(getattr(exc, "orig", None) or exc).splitlines()[0]) from exc
-    finally:
-        await database.close()
+    async with _transaction(config) as session:
+        if args.sites_command == "import" and text is not None:
+            rows = sites.parse_site_csv(text, await sites.stored_parents(session))
+            result = await sites.import_sites(session, rows)
+            return f"Đã nhập / imported {args.csv}: {result}"
+        if args.sites_command == "import":
+            result = await sites.import_province(session, args.province, parent_code=args.parent)
+            return f"Đã nhập tỉnh / province imported {args.province}: {result}"
+        tree = await sites.site_tree(session)
     if args.province:
         tree = sites.subtree(tree, args.province)
     if not tree:
@@ -344,47 +347,28 @@ def _provinces() -> str:
 
 
 def _run_sites(args: argparse.Namespace, config: Config) -> int:
-    from server.sites import CsvRejected
-
     if args.sites_command == "import" and args.parent and not args.province:
         print(
             "giaoban: --parent goes with --province / --parent chỉ dùng với --province",
             file=sys.stderr,
         )
         return 2
-    try:
-        print(
+    return _run_command(
+        lambda: (
             _provinces() if args.sites_command == "provinces" else asyncio.run(_sites(args, config))
         )
-    except CsvRejected as exc:
-        print(
-            f"giaoban: tệp bị từ chối, không nhập gì / file refused, nothing imported: "
-            f"{len(exc.problems)} problem(s)",
-            file=sys.stderr,
-        )
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 2
-    except GiaoBanError as exc:
-        print(f"giaoban: {exc.message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("giaoban: cancelled / đã huỷ", file=sys.stderr)
-        return 2
-    return 0
+    )
 
 
 def _run_record(args: argparse.Namespace, config: Config) -> int:
     from server.record_worker import default_worker_name, serve_worker
 
-    try:
+    def run() -> None:
         if args.jobs < 1:
             raise ConfigError("--jobs must be 1 or more")
         asyncio.run(serve_worker(config, args.name or default_worker_name(), args.port, args.jobs))
-    except GiaoBanError as exc:
-        print(f"giaoban: {exc.message}", file=sys.stderr)
-        return 2
-    return 0
+
+    return _run_command(run)
 
 
 def _setup_logging(config: Config) -> None:

@@ -215,3 +215,18 @@ async def test_serve_tells_how_to_create_the_first_admin(
     await _start_and_stop(config)
     assert not [r for r in caplog.records if "no admin" in r.getMessage()]
     assert any("node ready" in r.getMessage() for r in caplog.records)
+
+
+def test_every_command_reports_errors_in_one_line_without_a_traceback(tmp_path: Path) -> None:
+    cases = [
+        (("users", "passwd", "nobody", "--password-stdin"), "new password\n"),
+        (("users", "add", "someone", "--role", "member", "--password-stdin"), ""),  # no password
+        (("tokens", "revoke", "999"), ""),
+        (("sites", "list", "--province", "NOPE"), ""),
+        (("record", "--jobs", "0"), ""),
+    ]
+    for args, stdin in cases:
+        result = giaoban(tmp_path, *args, stdin=stdin, REDIS_URL="redis://127.0.0.1:1/0")
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("giaoban: ")]
+        assert len(errors) == 1 and "Traceback" not in result.stderr, (args, result.stderr)
