@@ -145,6 +145,7 @@ class Server:
     port: int
     # The invitation token helpers join ROOM with (the node admits no one without one).
     join_token: str | None = None
+    repo: Path = REPO  # the checkout whose code the server runs
     process: subprocess.Popen[bytes] | None = None
     _log: Any = None
 
@@ -156,7 +157,7 @@ class Server:
         self._log = open(self.log_path, "ab")  # closed in stop()
         self.process = subprocess.Popen(
             self.argv,
-            cwd=REPO,
+            cwd=self.repo,
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -228,7 +229,7 @@ class Server:
             self._log = None
 
 
-def local_server(name: str, argv: list[str], workdir: Path) -> Server:
+def local_server(name: str, argv: list[str], workdir: Path, repo: Path = REPO) -> Server:
     """`argv --host 127.0.0.1 --port P` on a free port P, not started; logs to workdir/NAME.log.
 
     Its environment: host candidates 127.0.0.1 only, data under workdir, no ICE servers, Redis
@@ -239,19 +240,19 @@ def local_server(name: str, argv: list[str], workdir: Path) -> Server:
         GIAOBAN_ICE_HOST_ADDRESSES="127.0.0.1",
         GIAOBAN_DATA_DIR=str(workdir / "data"),
         GIAOBAN_LOG_LEVEL="WARNING",
-        PYTHONPATH=str(REPO),
+        PYTHONPATH=str(repo),
     )
     for variable in ("GIAOBAN_ICE_SERVERS", "REDIS_URL", "DATABASE_URL"):
         env.pop(variable, None)
     port = free_port()
     argv = [*argv, "--host", "127.0.0.1", "--port", str(port)]
-    return Server(name, argv, env, workdir / f"{name}.log", port)
+    return Server(name, argv, env, workdir / f"{name}.log", port, repo=repo)
 
 
-def node_server(workdir: Path) -> Server:
-    """The node, `python -m server.cli serve`, on 127.0.0.1 (not started), with ROOM scheduled
-    in its store and an invitation token for the helpers."""
-    server = local_server("node", [sys.executable, "-m", "server.cli", "serve"], workdir)
+def node_server(workdir: Path, repo: Path = REPO) -> Server:
+    """The node, `python -m server.cli serve` of `repo`'s code, on 127.0.0.1 (not started),
+    with ROOM scheduled in its store and an invitation token for the helpers."""
+    server = local_server("node", [sys.executable, "-m", "server.cli", "serve"], workdir, repo)
     server.join_token = asyncio.run(schedule_bench_room(workdir / "data"))
     return server
 
