@@ -60,7 +60,16 @@ _RECEIVER_FIELDS = (
     "rtcp_ssrc",
     "decoder_thread",
 )
-_SENDER_FIELDS = ("transport", "ntp_timestamp", "rtp_timestamp", "octet_count", "packet_count")
+# aiortc's sender reports read four private fields of the sender; the forwarding path keeps
+# those counts on the ForwardingSender (touching aiortc's object per packet cost a cache miss
+# per subscriber), and a subclass of the sender's class makes aiortc read them from there.
+_REPORT_FIELDS = {
+    "ntp_timestamp": "ntp_time",
+    "rtp_timestamp": "rtp_timestamp",
+    "octet_count": "octet_count",
+    "packet_count": "packet_count",
+}
+_SENDER_FIELDS = ("transport", *_REPORT_FIELDS)
 _DTLS_CONNECTED = DtlsState.CONNECTED
 
 
@@ -85,7 +94,7 @@ def check_internals() -> None:
         raise TapError("RTCRtpSender._handle_rtcp_packet is gone")
     # Sender reports read these fields (ForwardingSender keeps them), and the DTLS transport
     # announces its state changes (ForwardingSender follows them instead of polling).
-    for name in ("ntp_timestamp", "rtp_timestamp", "octet_count", "packet_count"):
+    for name in _REPORT_FIELDS:
         if _S + name not in RTCRtpSender._run_rtcp.__code__.co_names:
             raise TapError(f"RTCRtpSender's sender reports no longer read {name!r}")
     if "statechange" not in RTCDtlsTransport._set_state.__code__.co_consts:
@@ -262,15 +271,6 @@ class SenderFeedback:
     on_started: Callable[[SendParameters], None]
 
 
-# aiortc's sender reports read four private fields of the sender; the forwarding path keeps
-# those counts on the ForwardingSender (touching aiortc's object per packet cost a cache miss
-# per subscriber), and a subclass of the sender's class makes aiortc read them from there.
-_REPORT_FIELDS = {
-    "ntp_timestamp": "ntp_time",
-    "rtp_timestamp": "rtp_timestamp",
-    "octet_count": "octet_count",
-    "packet_count": "packet_count",
-}
 _reporting_classes: dict[type, type] = {}
 
 
@@ -319,11 +319,10 @@ class ForwardingSender:
         self._srtp_context: object = None
         self._connected = False  # the DTLS transport's state, kept by its statechange event
         self._unchecked = 0  # packets sent since the nominated pair was last looked at
-        # What aiortc's sender reports say: the last packet's timestamps, octets and packets.
-        self.ntp_time = sender._RTCRtpSender__ntp_timestamp  # type: ignore[attr-defined]
-        self.rtp_timestamp = sender._RTCRtpSender__rtp_timestamp  # type: ignore[attr-defined]
-        self.octet_count = sender._RTCRtpSender__octet_count  # type: ignore[attr-defined]
-        self.packet_count = sender._RTCRtpSender__packet_count  # type: ignore[attr-defined]
+        # What aiortc's sender reports say (ntp_time, rtp_timestamp, octet_count, packet_count:
+        # the last packet's timestamps, octets and packets), from aiortc's values so far.
+        for theirs, ours in _REPORT_FIELDS.items():
+            setattr(self, ours, getattr(sender, _S + theirs))
         sender._giaoban_forwarding = self  # type: ignore[attr-defined]
         sender.__class__ = _reporting_class(type(sender))
         original_send = sender.send
@@ -384,12 +383,10 @@ class ForwardingSender:
         to its socket (asyncio's own sendto takes over on any error: it queues on EAGAIN and
         reports the rest). Raises ConnectionError when the connection is not up.
         """
-        if not self._connected or self._udp is None:
-            if self._find_path():
-                return None
-        elif self._unchecked >= self.PATH_CHECK_PACKETS:
-            if self._find_path():
-                return None
+        if (
+            not self._connected or self._udp is None or self._unchecked >= self.PATH_CHECK_PACKETS
+        ) and self._find_path():
+            return None
         self._unchecked += 1
         udp = self._udp
         backlog = udp.get_write_buffer_size()  # type: ignore[union-attr]
@@ -416,7 +413,7 @@ class ForwardingSender:
                 udp.sendto(packet, self._remote)  # type: ignore[union-attr]
         self.ntp_time = ntp_time
         self.rtp_timestamp = timestamp
-        self.octet_count += size - 12
+        self.octet_count += len(tail)
         self.packet_count += 1
         return True
 
@@ -434,9 +431,8 @@ class ForwardingSender:
             if self._dtls is dtls:
                 self._connected = dtls._state is _DTLS_CONNECTED
 
-        if dtls is not None:
-            dtls.on("statechange", state_changed)
-        self._connected = dtls is not None and dtls._state is _DTLS_CONNECTED
+        dtls.on("statechange", state_changed)
+        self._connected = dtls._state is _DTLS_CONNECTED
 
     def _find_path(self) -> bool:
         """Look up the path packets take now; True if there is no direct one (TURN).

@@ -89,4 +89,5 @@ def rtp_packet(
 ) -> bytes:
     """A whole RTP packet (no CSRCs: an SFU forwards one source per stream)."""
     first, tail = packet_tail(extensions, payload, padding_size)
-    return _FIXED.pack(first, (marker << 7) | payload_type, sequence_number, timestamp, ssrc) + tail
+    header = fixed_header(first, (marker << 7) | payload_type, sequence_number, timestamp, ssrc)
+    return header + tail
