@@ -10,9 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GIAOBAN_PORT=8080 \
     GIAOBAN_DATA_DIR=/app/data
 
-# Node.js and npm are needed only to fetch the pinned socket.io-client the web pages load.
+# Node.js and npm are needed only to fetch the pinned socket.io-client the web pages load;
+# gcc and the C library's headers build the forwarding loop in C (server/sfu/_fanout.c).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends nodejs npm \
+    && apt-get install -y --no-install-recommends nodejs npm gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

@@ -80,6 +80,12 @@ python_ok() { # $1: interpreter; true if it runs and is 3.11+
     "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1
 }
 
+python_headers() { # $1: interpreter; true if its Python.h is there (to build C extensions)
+    "$1" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+        >/dev/null 2>&1
+}
+
 # .venv is usable: its python runs, is 3.11+, has pip, and belongs to this directory.
 venv_ok() {
     [ -x "$VENV/bin/python" ] || return 1
@@ -98,12 +104,19 @@ install_system_packages() { # $1: serve | test
     # Python: 3.11 or newer, with venv/ensurepip (Debian's python3-venv) to make .venv.
     if ! command -v "$PY" >/dev/null 2>&1; then
         [ -z "${PYTHON:-}" ] || die "PYTHON=$PYTHON: no such interpreter"
-        missing+=(python3 python3-venv)
+        missing+=(python3 python3-venv python3-dev)
     elif ! python_ok "$PY"; then
         die "Python 3.11 or newer is needed, but $PY is $("$PY" -V 2>&1).
 Install a newer Python (Debian 12 has 3.11, Debian 13 has 3.13) or point PYTHON= at one."
     elif ! venv_ok && ! "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1; then
         missing+=(python3-venv)
+    fi
+
+    # A C compiler and Python's headers build the forwarding loop in C (server/sfu/_fanout.c);
+    # without them the node still works, on the slower Python loop.
+    have gcc || missing+=(gcc)
+    if command -v "$PY" >/dev/null 2>&1 && ! python_headers "$PY"; then
+        missing+=(python3-dev)
     fi
 
     # Node.js and npm: the web client's socket.io-client comes from npm (web/package-lock.json).
@@ -144,8 +157,11 @@ install_python_packages() { # $1: serve | test
     # Reinstall only when pyproject.toml or the interpreter changed since the last install.
     local pyver stamp_serve stamp_test want_serve want_test
     pyver=$("$VENV/bin/python" -VV)
-    want_serve=$(printf '%s\nserve\n%s\n' "$pyver" "$(hash_of pyproject.toml)" | sha256sum)
-    want_test=$(printf '%s\ntest\n%s\n' "$pyver" "$(hash_of pyproject.toml)" | sha256sum)
+    # (and when the C forwarding loop's source changed: the install builds it)
+    local sources
+    sources=$(hash_of pyproject.toml server/sfu/_fanout.c)
+    want_serve=$(printf '%s\nserve\n%s\n' "$pyver" "$sources" | sha256sum)
+    want_test=$(printf '%s\ntest\n%s\n' "$pyver" "$sources" | sha256sum)
     stamp_serve="$VENV/.giaoban-serve.sha256"
     stamp_test="$VENV/.giaoban-test.sha256"
 
@@ -164,6 +180,9 @@ install_python_packages() { # $1: serve | test
             printf '%s\n' "$want_serve" >"$stamp_serve"
         fi
     fi
+    "$VENV/bin/python" -c 'import server.sfu._fanout' >/dev/null 2>&1 ||
+        say "warning: the forwarding loop in C was not built (no C compiler or Python headers?):
+    the node forwards media with the Python loop, which costs more CPU per subscriber"
 }
 
 # ---------------------------------------------------------------- web packages

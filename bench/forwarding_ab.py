@@ -48,7 +48,24 @@ def worktree(revision: str, root: Path) -> Path:
     modules = REPO / "web" / "node_modules"
     if modules.is_dir() and not (path / "web" / "node_modules").exists():
         (path / "web" / "node_modules").symlink_to(modules)
+    if (path / "server" / "sfu" / "_fanout.c").exists():
+        # The revision's C forwarding loop, built in place as `pip install -e .` builds it.
+        subprocess.run(
+            [sys.executable, "-c", BUILD_IN_PLACE],
+            cwd=path,
+            check=True,
+            capture_output=True,
+        )
     return path
+
+
+BUILD_IN_PLACE = """
+from setuptools import Distribution, Extension
+dist = Distribution({"ext_modules": [Extension("server.sfu._fanout", ["server/sfu/_fanout.c"])]})
+build = dist.get_command_obj("build_ext")
+build.inplace = True
+dist.run_command("build_ext")
+"""
 
 
 def measure(tree: Path, args: argparse.Namespace, label: str) -> list[tuple[float, float]]:

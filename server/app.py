@@ -23,6 +23,7 @@ from server.presence import make_presence
 from server.recording_control import RecordingControl
 from server.rooms import Rooms
 from server.secret_key import load_secret_key
+from server.sfu import fanout
 from server.sfu.connections import MediaSettings
 from server.sfu.ice import restrict_host_addresses
 from server.sfu.stats import SfuStats
@@ -224,6 +225,13 @@ def make_app(config: Config) -> web.Application:
         # Frozen, the collector only walks what the meetings themselves allocate.
         gc.collect()
         gc.freeze()
+        if fanout.WANTED == "python":
+            log.info("forwarding loop: python (GIAOBAN_FORWARDING_LOOP=python)")
+        elif not fanout.NATIVE:
+            log.warning(
+                "the forwarding loop in C is not built (server/sfu/_fanout.c needs a C compiler "
+                "and Python's headers at install): forwarding runs in Python, at more CPU"
+            )
         log.info("node ready on %s", config.base_url)
         yield
         try:

@@ -88,11 +88,17 @@ SETTINGS: dict[str, Setting] = {
         "key that signs invitation links (default: made on first start in DATA_DIR/secret_key; "
         "every node of a cluster needs the same one)",
     ),
+    "forwarding_loop": Setting(
+        "GIAOBAN_FORWARDING_LOOP",
+        "c (default: the forwarding loop built at install) or python (the same loop in Python, "
+        "at more CPU per subscriber: for comparison, or should the C one misbehave)",
+    ),
     "log_level": Setting("GIAOBAN_LOG_LEVEL", "DEBUG, INFO, WARNING (default INFO)"),
 }
 
 
 RECORDERS = ("node", "workers")
+FORWARDING_LOOPS = ("c", "python")  # server/sfu/fanout.py reads the setting at import
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -129,6 +135,7 @@ class Config:
     verify_interval_hours: float = 24.0
     recorder: str = "node"
     recorder_dead_after: float = 15.0
+    forwarding_loop: str = "c"
     database_url: str | None = None
     ice_servers: tuple[dict[str, Any], ...] = ()
     ice_host_addresses: tuple[str, ...] = ()
@@ -200,5 +207,8 @@ class Config:
             raise ConfigError(f"GIAOBAN_RECORDER must be node or workers, not {recorder!r}")
         if recorder == "workers" and not values.get("redis_url"):
             raise ConfigError("GIAOBAN_RECORDER=workers needs REDIS_URL (the job queue)")
+        loop = values["forwarding_loop"] = str(values.get("forwarding_loop", "c")).lower()
+        if loop not in FORWARDING_LOOPS:
+            raise ConfigError(f"GIAOBAN_FORWARDING_LOOP must be c or python, not {loop!r}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})

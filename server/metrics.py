@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from server.rooms import Rooms
+from server.sfu import fanout
 from server.sfu.stats import SfuStats
 
 
@@ -31,6 +32,14 @@ class _MediaCollector(Collector):
         yield GaugeMetricFamily(
             "giaoban_peer_connections", "Open WebRTC peer connections", value=s.peer_connections
         )
+        loop = GaugeMetricFamily(
+            "giaoban_forwarding_loop",
+            "1 for the forwarding loop this node runs: c (built at install), or python (slower)",
+            labels=["loop"],
+        )
+        loop.add_metric(["c"], 1 if fanout.NATIVE else 0)
+        loop.add_metric(["python"], 0 if fanout.NATIVE else 1)
+        yield loop
         for name, doc, value in (
             ("received_packets", "RTP packets received from publishers", s.received_packets),
             (

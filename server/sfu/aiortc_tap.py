@@ -10,12 +10,16 @@ Forwarding needs three things aiortc does not offer publicly:
 
 `check_internals()` runs at import and tests/unit/test_aiortc_tap.py asserts it, so an aiortc
 upgrade that moves any of these fails loudly instead of silently decoding or dropping media.
+The forwarding loop in C (server/sfu/_fanout.c, see fanout.py) sends through the path this
+module finds (the nominated pair's socket and the DTLS transport's SRTP context) and reads two
+fields of asyncio's datagram transport; those are checked here too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
+from asyncio.selector_events import _SelectorDatagramTransport, _SelectorTransport
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -44,6 +48,7 @@ from aiortc.rtp import (
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
+from server.sfu import fanout
 from server.sfu.rtp_header import ExtensionIds
 
 SUPPORTED_AIORTC = "1.16.0"
@@ -99,6 +104,12 @@ def check_internals() -> None:
             raise TapError(f"RTCRtpSender's sender reports no longer read {name!r}")
     if "statechange" not in RTCDtlsTransport._set_state.__code__.co_consts:
         raise TapError("RTCDtlsTransport no longer emits 'statechange'")
+    # The C forwarding loop sends on a datagram transport's socket only while it is open
+    # (_closing) with nothing queued (_buffer_size, what get_write_buffer_size returns).
+    if "_closing" not in _SelectorTransport.__init__.__code__.co_names or (
+        "_buffer_size" not in _SelectorDatagramTransport.get_write_buffer_size.__code__.co_names
+    ):
+        raise TapError("asyncio's datagram transports no longer keep _closing and _buffer_size")
     _check_srtp()
 
 
@@ -293,8 +304,11 @@ def _reporting_class(cls: type) -> type:
     return subclass
 
 
-class ForwardingSender:
-    """Drives an aiortc RTCRtpSender whose track is never read: we write its RTP ourselves."""
+class ForwardingSender(fanout.Path):  # type: ignore[misc,valid-type]
+    """Drives an aiortc RTCRtpSender whose track is never read: we write its RTP ourselves.
+
+    Its path state, and the direct path it finds, are read by the C forwarding loop too
+    (server/sfu/fanout.py), which sends the common packets itself."""
 
     # Every so many packets send_now looks whether the ICE connection nominated another pair.
     PATH_CHECK_PACKETS = 32
@@ -426,6 +440,7 @@ class ForwardingSender:
         self._nominated = dtls.transport._connection._nominated  # cleared, never replaced
         self._pair = None
         self._udp = None
+        self._set_direct(None, -1, None, 0)
 
         def state_changed() -> None:
             if self._dtls is dtls:
@@ -450,6 +465,7 @@ class ForwardingSender:
             protocol = pair.protocol  # type: ignore[attr-defined]
             if type(protocol) is not StunProtocol:
                 self._udp = None
+                self._set_direct(None, -1, None, 0)
                 return True
             udp = protocol.transport
             self._udp = udp
@@ -459,6 +475,15 @@ class ForwardingSender:
             self._srtp = dtls._tx_srtp  # type: ignore[attr-defined]
             self._srtp_context = self._srtp._srtp[0]  # type: ignore[union-attr]
             self._pair = pair
+            # The C loop sends on the same socket with the same SRTP context; the socket object
+            # it keeps holds the descriptor, and it sends only while the transport is open.
+            raw = self._socket
+            self._set_direct(
+                raw,
+                raw.fileno() if raw is not None else -1,  # type: ignore[attr-defined]
+                self._remote,
+                int(_srtp_ffi.cast("uintptr_t", self._srtp_context)),
+            )
         return False
 
     def _count(self, data: bytes, timestamp: int, ntp_time: int) -> None:
@@ -490,3 +515,13 @@ class ForwardingSender:
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
             data = packet.serialize(params.header_extensions)
         await self.sender.transport._send_rtp(data)
+
+
+# The C forwarding loop protects with the libsrtp that pylibsrtp links (checked by
+# _check_srtp above), up to the same packet size, and hands back to send_now as often.
+fanout.configure(
+    int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect"))),
+    pylibsrtp.SRTP_MAX_TRAILER_LEN,
+    ForwardingSender.PATH_CHECK_PACKETS,
+    pylibsrtp.Error,
+)

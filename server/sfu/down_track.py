@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 
+from server.sfu import fanout
 from server.sfu.aiortc_tap import ForwardingSender, SendParameters
 from server.sfu.rtp_header import extension_block, fixed_header, packet_tail
 from server.sfu.rtp_rewrite import PacketHistory, StreamRewriter
@@ -26,11 +27,13 @@ def _codec_key(mime_type: str, parameters: dict) -> tuple[str, str]:
     return mime, ""
 
 
-class DownTrack:
+class DownTrack(fanout.Leg):  # type: ignore[misc,valid-type]
     """Forwards one UpTrack to one subscriber's sender without decoding.
 
     The sender, numbering and history belong to the subscriber's m-line (the DownConnection's
-    slot) and outlive this binding, so a reused m-line continues one stream.
+    slot) and outlive this binding, so a reused m-line continues one stream. The fields
+    forward() reads per packet live in fanout.Leg, where the C loop reads them too; forward()
+    is the reference that loop follows, and handles every packet the loop leaves to it.
     """
 
     def __init__(
@@ -132,16 +135,9 @@ class DownTrack:
         sequence_number, timestamp = numbers
         # The tail (extensions, payload, padding) is shared by every subscriber with the same
         # extension ids and mid; the fixed header is this subscriber's own.
-        cache = out.tails
-        tail = cache.get(self._extension_key)
+        tail = out.tails.get(self._extension_key)
         if tail is None:
-            tail = cache[self._extension_key] = packet_tail(
-                extension_block(
-                    params.extension_ids, params.mid_bytes, out.abs_send_time, out.audio_level
-                ),
-                out.payload,
-                out.padding_size,
-            )
+            tail = self._packet_tail(out)
         first, rest = tail
         header = fixed_header(
             first, (out.marker << 7) | down_pt, sequence_number, timestamp, self._ssrc
@@ -166,6 +162,20 @@ class DownTrack:
         stats.forwarded_packets += 1
         stats.forwarded_bytes += 12 + len(rest)
         return None
+
+    def _packet_tail(self, out: Outgoing) -> tuple[int, bytes]:
+        """Build `out`'s tail for this subscriber's extension layout, for every subscriber
+        with that layout (the C loop asks for it here too)."""
+        params = self._params
+        assert params is not None
+        tail = out.tails[self._extension_key] = packet_tail(
+            extension_block(
+                params.extension_ids, params.mid_bytes, out.abs_send_time, out.audio_level
+            ),
+            out.payload,
+            out.padding_size,
+        )
+        return tail
 
     async def _send_slowly(self, data: bytes, timestamp: int) -> None:
         try:

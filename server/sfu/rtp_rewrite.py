@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from server.sfu import fanout
+
 SEQ_MOD = 1 << 16
 TS_MOD = 1 << 32
 
@@ -26,35 +28,27 @@ class Rewritten:
     timestamp: int
 
 
-class StreamRewriter:
-    """Maps upstream (sequence, timestamp) pairs to a continuous downstream space."""
+class PythonNumbering:
+    """StreamRewriter's numbers() and restart() in Python: the reference for the C version
+    (server/sfu/_fanout.c), and what runs where that module is not built."""
 
-    # Packets this far behind the newest forwarded one are too old to place (late RTX).
     MAX_LATE = 1000
-    # So many "too old" packets in a row mean the publisher's numbering jumped: resync.
     MAX_TOO_OLD_IN_A_ROW = 16
 
-    def __init__(self, clock_rate: int, rng: random.Random | None = None) -> None:
-        r = rng or random.Random()
-        self.clock_rate = clock_rate
-        self._seq_offset = 0
-        self._ts_offset = 0
-        self._last_out_seq = r.randrange(SEQ_MOD)
-        self._last_out_ts = r.randrange(TS_MOD)
-        self._last_in_seq: int | None = None  # newest upstream seq of the current segment
-        self._first_in_seq = 0  # upstream seq that opened the current segment
-        self._too_old_in_a_row = 0
-        self._last_sent_at: float | None = None
-        self._new_segment = True
+    clock_rate: int
+    _seq_offset: int
+    _ts_offset: int
+    _last_out_seq: int
+    _last_out_ts: int
+    _last_in_seq: int | None
+    _first_in_seq: int
+    _too_old_in_a_row: int
+    _last_sent_at: float | None
+    _new_segment: bool
 
     def restart(self) -> None:
         """Begin a new segment at the next packet (source change, or resume after mute)."""
         self._new_segment = True
-
-    def rewrite(self, seq: int, ts: int, now: float) -> Rewritten | None:
-        """Return the downstream numbers for an upstream packet, or None if it is too old."""
-        numbers = self.numbers(seq, ts, now)
-        return None if numbers is None else Rewritten(*numbers)
 
     def numbers(self, seq: int, ts: int, now: float) -> tuple[int, int] | None:
         """rewrite() as a plain (sequence number, timestamp) pair: the per-packet path."""
@@ -95,6 +89,52 @@ class StreamRewriter:
         return out_seq, out_ts
 
 
+_Numbering: type = fanout.StreamNumbering or PythonNumbering  # C where built and wanted
+if fanout.NUMBERING_LIMITS not in (
+    None,
+    (PythonNumbering.MAX_LATE, PythonNumbering.MAX_TOO_OLD_IN_A_ROW),
+):
+    raise ImportError("server/sfu/_fanout.c and rtp_rewrite.py disagree on numbering limits")
+NATIVE_NUMBERING = _Numbering is not PythonNumbering
+
+
+class StreamRewriter(_Numbering):  # type: ignore[misc,valid-type]
+    """Maps upstream (sequence, timestamp) pairs to a continuous downstream space."""
+
+    # Packets this far behind the newest forwarded one are too old to place (late RTX).
+    MAX_LATE = PythonNumbering.MAX_LATE
+    # So many "too old" packets in a row mean the publisher's numbering jumped: resync.
+    MAX_TOO_OLD_IN_A_ROW = PythonNumbering.MAX_TOO_OLD_IN_A_ROW
+
+    def __init__(self, clock_rate: int, rng: random.Random | None = None) -> None:
+        r = rng or random.Random()
+        self.clock_rate = clock_rate
+        self._seq_offset = 0
+        self._ts_offset = 0
+        self._last_out_seq = r.randrange(SEQ_MOD)
+        self._last_out_ts = r.randrange(TS_MOD)
+        self._last_in_seq = None  # newest upstream seq of the current segment
+        self._first_in_seq = 0  # upstream seq that opened the current segment
+        self._too_old_in_a_row = 0
+        self._last_sent_at = None
+        self._new_segment = True
+
+    def rewrite(self, seq: int, ts: int, now: float) -> Rewritten | None:
+        """Return the downstream numbers for an upstream packet, or None if it is too old."""
+        numbers = self.numbers(seq, ts, now)
+        return None if numbers is None else Rewritten(*numbers)
+
+
+if NATIVE_NUMBERING:
+
+    class PythonStreamRewriter(PythonNumbering, StreamRewriter):
+        """StreamRewriter numbering in Python whatever is built (tests hold both to one
+        contract)."""
+
+else:
+    PythonStreamRewriter = StreamRewriter
+
+
 class SeenSequences:
     """Remembers which upstream sequence numbers were forwarded, to skip RTX duplicates."""
 
@@ -111,10 +151,14 @@ class SeenSequences:
         return True
 
 
-class PacketHistory:
-    """Fixed-size ring of sent packets keyed by downstream sequence number (answers NACKs)."""
+class PythonPacketHistory:
+    """Fixed-size ring of sent packets keyed by downstream sequence number (answers NACKs).
+
+    The reference for the C PacketHistory, and what runs where that module is not built."""
 
     def __init__(self, size: int = 512) -> None:
+        if size < 1:
+            raise ValueError("a packet history holds at least one packet")
         self._size = size
         self._seqs: list[int] = [-1] * size
         self._items: list[object] = [None] * size
@@ -127,3 +171,6 @@ class PacketHistory:
     def get(self, seq: int) -> object | None:
         slot = seq % self._size
         return self._items[slot] if self._seqs[slot] == seq else None
+
+
+PacketHistory: type = fanout.PacketHistory or PythonPacketHistory  # C where built and wanted

@@ -13,7 +13,7 @@ from aiortc import RTCRtpReceiver, clock
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from server.sfu import aiortc_tap
+from server.sfu import aiortc_tap, fanout
 from server.sfu.keyframe import KeyframeRequestPacer, keyframe_detector
 from server.sfu.rtp_rewrite import SeenSequences
 from server.sfu.stats import SfuStats
@@ -129,10 +129,10 @@ class UpTrack:
             audio_level=level,
             now=time.monotonic(),
         )
-        for down in tuple(self.down_tracks):
-            slow = down.forward(out)
-            if slow is not None:
-                await slow
+        slow = fanout.forward(self.down_tracks, out)
+        if slow is not None:
+            for pending in slow:  # subscribers over TURN, through aiortc's own path
+                await pending
 
     def attach(self, down: DownTrack) -> None:
         self.down_tracks.append(down)

@@ -39,6 +39,7 @@ FULL_ENV = {
     "GIAOBAN_TLS_KEY": "/etc/giaoban/key.pem",
     "GIAOBAN_TLS_SELF_SIGNED": "1",
     "GIAOBAN_SECRET_KEY": "k" * 40,
+    "GIAOBAN_FORWARDING_LOOP": "Python",
     "GIAOBAN_LOG_LEVEL": "DEBUG",
 }
 
@@ -84,6 +85,7 @@ def test_every_setting_is_parsed() -> None:
     assert config.tls_key == Path("/etc/giaoban/key.pem")
     assert config.tls_self_signed is True
     assert config.secret_key == "k" * 40
+    assert config.forwarding_loop == "python"
     assert config.log_level == "DEBUG"
     assert config.scheme == "https"
     assert config.base_url == "https://hop.tinh.gov.vn"
@@ -97,6 +99,12 @@ def test_recorder_is_node_or_workers_and_workers_need_redis() -> None:
         Config.from_env({"GIAOBAN_RECORDER": "workers"})
     with pytest.raises(ConfigError, match="GIAOBAN_RECORDER_DEAD_AFTER must be positive"):
         Config.from_env({"GIAOBAN_RECORDER_DEAD_AFTER": "0"})
+
+
+def test_forwarding_loop_is_c_or_python() -> None:
+    assert Config.from_env({}).forwarding_loop == "c"
+    with pytest.raises(ConfigError, match="c or python"):
+        Config.from_env({"GIAOBAN_FORWARDING_LOOP": "rust"})
 
 
 def test_settings_table_covers_every_field() -> None:
