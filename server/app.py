@@ -18,6 +18,7 @@ from server.cluster import NodePresence
 from server.config import Config
 from server.errors import StoreError
 from server.integrity import IntegrityCheck
+from server.memory_trim import MemoryTrimmer
 from server.metrics import Metrics
 from server.presence import make_presence
 from server.recording_control import RecordingControl
@@ -183,6 +184,8 @@ def make_app(config: Config) -> web.Application:
     setup_dashboard_pages(app)  # /dashboard: live sites and rooms (admins, hosts)
     setup_archive_pages(app)  # /archive: recordings, player, access log, retention
 
+    trimmer = MemoryTrimmer()
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         try:
             await database.migrate()
@@ -225,6 +228,7 @@ def make_app(config: Config) -> web.Application:
         # Frozen, the collector only walks what the meetings themselves allocate.
         gc.collect()
         gc.freeze()
+        trimmer.start()  # what glibc keeps after free goes back to the system, every minute
         if fanout.WANTED == "python":
             log.info("forwarding loop: python (GIAOBAN_FORWARDING_LOOP=python)")
         elif not fanout.NATIVE:
@@ -235,6 +239,7 @@ def make_app(config: Config) -> web.Application:
         log.info("node ready on %s", config.base_url)
         yield
         try:
+            await trimmer.close()
             await rooms.close()
             await sio.shutdown()
             await integrity.close()

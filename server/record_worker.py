@@ -35,6 +35,7 @@ from server import recordings
 from server.config import Config
 from server.errors import ConfigError, Conflict, NotFound
 from server.invitations import mint_recorder_pass
+from server.memory_trim import MemoryTrimmer
 from server.metrics import recording_counter
 from server.recording_control import (
     RECORDINGS_DIR,
@@ -395,9 +396,12 @@ async def serve_worker(
     # As in the node: start-up objects out of the collector's view, no long pauses mid-recording.
     gc.collect()
     gc.freeze()
+    trimmer = MemoryTrimmer()  # as in the node: freed heap memory back to the system
+    trimmer.start()
     try:
         await worker.run()
     finally:
+        await trimmer.close()
         if runner is not None:
             await runner.cleanup()
         await database.close()
