@@ -7,6 +7,7 @@ senders are built on a real (never connected) RTCDtlsTransport: no socket is ope
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import dataclasses
 import queue
 import threading
@@ -95,6 +96,22 @@ def test_check_internals_fails_when_an_internal_moves(
 ) -> None:
     monkeypatch.delattr(owner, name)
     with pytest.raises(TapError, match=name):
+        check_internals()
+
+
+def test_check_internals_fails_when_asyncio_transports_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The C forwarding loop reads _closing and _buffer_size of asyncio's datagram transports.
+    def get_write_buffer_size(self: object) -> int:
+        return 0
+
+    monkeypatch.setattr(
+        asyncio.selector_events._SelectorDatagramTransport,
+        "get_write_buffer_size",
+        get_write_buffer_size,
+    )
+    with pytest.raises(TapError, match="_buffer_size"):
         check_internals()
 
 
