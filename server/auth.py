@@ -15,9 +15,8 @@ import hashlib
 import hmac
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import quote, urlsplit
 
@@ -30,6 +29,7 @@ from sqlalchemy.orm import selectinload
 from server.accounts import MAX_PASSWORD_LENGTH, authenticate
 from server.config import Config
 from server.errors import Forbidden, LoginFailed
+from server.login_throttle import LoginThrottle
 from server.metrics import Metrics
 from server.pages import _render
 from server.store.db import Database
@@ -45,10 +45,6 @@ SESSION_LIFETIME = timedelta(hours=12)
 # Sliding expiry is written at most this often, so a page's requests do not each write a row.
 SESSION_REFRESH = timedelta(minutes=1)
 
-THROTTLE_LIMIT = 5
-THROTTLE_WINDOW = 15 * 60.0
-THROTTLE_BLOCK = 15 * 60.0
-THROTTLE_MAX_KEYS = 10_000
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Paths that never need the signed-in account: no database read for them.
@@ -146,67 +142,6 @@ async def end_account_sessions(db: AsyncSession, account_id: int) -> int:
     if ended:
         log.info("account %d: %d login sessions ended", account_id, ended)
     return ended
-
-
-# ------------------------------------------------------------------ guessing throttle
-
-
-@dataclass
-class LoginThrottle:
-    """Failed sign-ins per key (a username, a client address): after `limit` failures within
-    `window` seconds the key is refused for `block` seconds.
-
-    Kept in process memory: a restart forgets it and each node counts its own, which is enough
-    to turn guessing into a few tries per quarter hour. A reverse proxy makes every client one
-    address; the node then throttles them together."""
-
-    limit: int = THROTTLE_LIMIT
-    window: float = THROTTLE_WINDOW
-    block: float = THROTTLE_BLOCK
-    clock: Callable[[], float] = time.monotonic
-    max_keys: int = THROTTLE_MAX_KEYS
-    _failures: dict[str, list[float]] = field(default_factory=dict)
-    _blocked: dict[str, float] = field(default_factory=dict)
-
-    def retry_after(self, *keys: str) -> float:
-        """Seconds until every key may try again (0: none is blocked)."""
-        now = self.clock()
-        wait = 0.0
-        for key in keys:
-            until = self._blocked.get(key)
-            if until is None:
-                continue
-            if until <= now:
-                del self._blocked[key]
-            else:
-                wait = max(wait, until - now)
-        return wait
-
-    def failed(self, *keys: str) -> None:
-        now = self.clock()
-        if len(self._failures) + len(self._blocked) > self.max_keys:
-            self._prune(now)
-        for key in keys:
-            recent = [t for t in self._failures.get(key, ()) if now - t < self.window]
-            recent.append(now)
-            if len(recent) >= self.limit:
-                self._failures.pop(key, None)
-                self._blocked[key] = now + self.block
-            else:
-                self._failures[key] = recent
-
-    def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
-
-    def _prune(self, now: float) -> None:
-        # Bounded memory under a flood of made-up usernames: forget stale keys first, then the
-        # oldest failures (their holders lose at most a partial count).
-        self._blocked = {k: until for k, until in self._blocked.items() if until > now}
-        self._failures = {k: ts for k, ts in self._failures.items() if now - ts[-1] < self.window}
-        excess = len(self._failures) + len(self._blocked) - self.max_keys // 2
-        if excess > 0:
-            for key in sorted(self._failures, key=lambda k: self._failures[k][-1])[:excess]:
-                del self._failures[key]
 
 
 # ------------------------------------------------------------------ the app's part
@@ -464,7 +399,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     address = request.remote or ""
     keys = (f"user:{username.lower()}", f"addr:{address}")
 
-    wait = state.throttle.retry_after(*keys)
+    wait = await state.throttle.retry_after(*keys)
     if wait > 0:
         state.metrics.logins.labels(result="throttled").inc()
         log.warning("sign-in refused from %s: too many failed attempts", address)
@@ -485,7 +420,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
                 db, account, user_agent=request.headers.get("User-Agent", ""), address=address
             )
     except LoginFailed:
-        state.throttle.failed(*keys)
+        await state.throttle.failed(*keys)
         state.metrics.logins.labels(result="failed").inc()
         log.info("sign-in failed from %s", address)
         return _login_form(
@@ -495,7 +430,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         state.metrics.logins.labels(result="disabled").inc()
         return _login_form(request, status=403, error="disabled", username=username, next_=target)
 
-    state.throttle.succeeded(keys[0])
+    await state.throttle.succeeded(keys[0])
     state.metrics.logins.labels(result="ok").inc()
     log.info("account %d signed in from %s", account.id, address)
     response = web.Response(status=303, headers={"Location": target, "Cache-Control": "no-store"})
@@ -528,7 +463,7 @@ def setup_auth(app: web.Application) -> None:
         database=app[DATABASE],
         config=app[CONFIG],
         metrics=app[METRICS],
-        throttle=LoginThrottle(),
+        throttle=LoginThrottle(app[CONFIG].redis_url, app[CONFIG].redis_prefix),
     )
     # Outermost first: the account is known when the CSRF refusal page is rendered.
     app.middlewares.append(auth_middleware)

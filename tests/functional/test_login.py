@@ -23,14 +23,13 @@ from server.auth import (
     CSRF_COOKIE,
     SESSION_COOKIE,
     SESSION_LIFETIME,
-    LoginThrottle,
     account_for_session_token,
     end_account_sessions,
     require_account,
 )
 from server.config import Config
 from server.store.models import LoginSession, Role, utcnow
-from tests.conftest import Node
+from tests.conftest import Node, node_config, running_node
 
 PASSWORD = "mật khẩu đủ dài"
 NAME = "Nguyễn Thị Lan"
@@ -333,36 +332,25 @@ async def test_guessing_is_throttled_by_address(node: Node) -> None:
         assert (await sign_in(http, node.url, "lan.nguyen")).status == 429
 
 
-def test_throttle_window_and_block_expire() -> None:
-    now = [1000.0]
-    throttle = LoginThrottle(limit=3, window=60, block=600, clock=lambda: now[0])
-    throttle.failed("user:a", "addr:x")
-    throttle.failed("user:a", "addr:x")
-    now[0] += 61  # the first two fall out of the window
-    throttle.failed("user:a", "addr:y")
-    throttle.failed("user:a", "addr:y")
-    assert throttle.retry_after("user:a") == 0
-    throttle.failed("user:a", "addr:y")
-    assert throttle.retry_after("user:a") == 600
-    assert throttle.retry_after("user:b", "addr:x") == 0
-    assert throttle.retry_after("user:b", "addr:y") == 600
-    now[0] += 599
-    assert throttle.retry_after("user:a") == pytest.approx(1)
-    now[0] += 1
-    assert throttle.retry_after("user:a", "addr:y") == 0
-    # A success clears the username's count.
-    throttle.failed("user:c")
-    throttle.failed("user:c")
-    throttle.succeeded("user:c")
-    throttle.failed("user:c")
-    assert throttle.retry_after("user:c") == 0
-
-
-def test_throttle_memory_is_bounded() -> None:
-    throttle = LoginThrottle(limit=5, window=60, block=600, clock=lambda: 0.0, max_keys=100)
-    for n in range(1000):
-        throttle.failed(f"user:{n}")
-    assert len(throttle._failures) + len(throttle._blocked) <= 101
+async def test_guessing_on_one_node_is_refused_on_the_others(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    # Two nodes of one cluster (one Redis): five wrong passwords on one count on both.
+    nodes = []
+    for name in ("tinh", "xa"):
+        config = node_config(tmp_path / name, redis_url=redis_url, redis_prefix=redis_prefix)
+        nodes.append(running_node(config))
+    province, commune = [await anext(started) for started in nodes]
+    try:
+        async with client() as http:
+            for _ in range(5):
+                response = await sign_in(http, province.url, "lan.nguyen", "đoán mật khẩu sai")
+                assert response.status == 401
+        async with client() as http:
+            assert (await sign_in(http, commune.url, "lan.nguyen", "mật khẩu khác")).status == 429
+    finally:
+        for started in nodes:
+            await started.aclose()
 
 
 async def test_disabled_account_is_told(node: Node) -> None:
