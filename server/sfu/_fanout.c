@@ -869,7 +869,7 @@ static int forward_leg(Leg *leg, Packet *p, Tally *tally) {
     if (leg->stats != tally->stats) {
         if (flush_tally(tally) < 0)
             return -1;
-        tally->stats = leg->stats;
+        Py_XSETREF(tally->stats, Py_NewRef(leg->stats)); /* held: Python runs in between */
     }
     tally->packets += 1;
     tally->bytes += 12 + rest_size;
@@ -927,6 +927,7 @@ static PyObject *forward(PyObject *module, PyObject *const *args, Py_ssize_t nar
     }
     if (flush_tally(&tally) < 0)
         goto error;
+    Py_XDECREF(tally.stats);
     Py_DECREF(packet.tails);
     Py_DECREF(downs);
     if (slow == NULL)
@@ -941,6 +942,7 @@ error:
             PyErr_Clear();
         PyErr_Restore(type, value, traceback);
     }
+    Py_XDECREF(tally.stats);
     Py_DECREF(packet.tails);
     Py_DECREF(downs);
     Py_XDECREF(slow);
