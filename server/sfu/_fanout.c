@@ -39,6 +39,8 @@ static protect_fn srtp_protect_fn = NULL;
 static int max_trailer = 0;
 static int path_check_packets = 32;
 static PyObject *srtp_error = NULL;
+/* Loss tests only (tests/support/loss.py): given each datagram, True drops it. */
+static PyObject *send_filter = NULL;
 static unsigned char srtp_buffer[BUFFER_SIZE];
 
 static PyObject *str_forward, *str_find_path, *str_packet_tail, *str_sendto, *str_closing,
@@ -844,6 +846,21 @@ static int forward_leg(Leg *leg, Packet *p, Tally *tally) {
         PyErr_Format(srtp_error, "srtp_protect failed with status %d", status);
         return -1;
     }
+    if (send_filter != NULL) {
+        PyObject *data = PyBytes_FromStringAndSize((const char *)srtp_buffer, size);
+        if (data == NULL)
+            return -1;
+        PyObject *verdict = PyObject_CallOneArg(send_filter, data);
+        Py_DECREF(data);
+        if (verdict == NULL)
+            return -1;
+        int drop = PyObject_IsTrue(verdict);
+        Py_DECREF(verdict);
+        if (drop < 0)
+            return -1;
+        if (drop)
+            goto sent; /* lost on the way, as far as anyone can tell */
+    }
     ssize_t sent = sendto(path->fd, srtp_buffer, (size_t)size, 0,
                           (struct sockaddr *)&path->address, path->address_length);
     if (sent < 0) {
@@ -860,6 +877,7 @@ static int forward_leg(Leg *leg, Packet *p, Tally *tally) {
             return -1;
         Py_DECREF(r);
     }
+sent:
     path->unchecked += 1;
     path->ntp_time = p->ntp_time;
     path->rtp_timestamp = (unsigned long long)ts;
@@ -967,6 +985,15 @@ static PyObject *configure(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *set_send_filter(PyObject *module, PyObject *filter) {
+    if (filter != Py_None && !PyCallable_Check(filter)) {
+        PyErr_SetString(PyExc_TypeError, "set_send_filter takes a callable or None");
+        return NULL;
+    }
+    Py_XSETREF(send_filter, filter == Py_None ? NULL : Py_NewRef(filter));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))forward, METH_FASTCALL,
      "forward(down_tracks, out): one upstream packet to every down track; the awaitables of "
@@ -974,6 +1001,9 @@ static PyMethodDef module_methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(srtp_protect address, max SRTP trailer, path check packets, libsrtp error "
      "type)."},
+    {"set_send_filter", set_send_filter, METH_O,
+     "For loss tests: a callable given each datagram the loop would send (True drops it), "
+     "or None."},
     {NULL},
 };
 

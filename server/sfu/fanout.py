@@ -72,6 +72,7 @@ if _fanout is not None:
     PacketHistory: type | None = _fanout.PacketHistory
     forward = _fanout.forward
     configure = _fanout.configure
+    set_send_filter = _fanout.set_send_filter  # loss tests only
     NUMBERING_LIMITS: tuple[int, int] | None = (_fanout.MAX_LATE, _fanout.MAX_TOO_OLD_IN_A_ROW)
 else:
     StreamNumbering = PacketHistory = NUMBERING_LIMITS = None
@@ -81,6 +82,9 @@ else:
 
     def configure(protect: int, trailer: int, check: int, error: type[Exception]) -> None:
         """Nothing to set up for the Python loop."""
+
+    def set_send_filter(send_filter: Any) -> None:
+        """The Python loop sends through Python sockets: loss tests hook those."""
 
 
 python_forward = _python_forward

@@ -26,6 +26,8 @@ async def test_three_percent_loss_both_ways_keeps_the_frame_rate(node, new_page)
         )
     print(f"\nloss: {loss}\nsent {sent:.1f} fps, decoded {seen}\nnode {node.stats}")
     assert loss.dropped_in > 0.015 * loss.received, loss
+    # Every forwarded packet met the drop hook (the C loop's too), RTCP besides.
+    assert loss.sent >= node.stats.forwarded_packets > 500, (loss, node.stats)
     assert loss.dropped_out > 0.015 * loss.sent, loss
     assert node.stats.retransmitted_packets > 0, "the node answered the subscriber's NACKs"
     assert seen["fps"] >= 0.9 * sent, f"sent {sent:.1f} fps, decoded {seen}"

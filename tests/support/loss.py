@@ -1,21 +1,24 @@
-"""Packet loss at the node's UDP sockets: a drop hook on aioice, for loss tests.
+"""Packet loss at the node's UDP sockets: drop hooks where the node reads and writes them.
 
 Only SRTP/SRTCP datagrams are dropped (first byte 128–191, RFC 7983); ICE and DTLS pass, as
 the connection must come up for there to be media to lose. The node is the only UDP user in a
 browser test's process, so this drops publisher → node on receive (aioice's protocol) and
-node → subscriber on send (asyncio's datagram transport, which both aiortc's path and the
-forwarding fast path write through).
+node → subscriber on send: at Python's socket.sendto, which aiortc's path (through asyncio's
+transport) and send_now write through, and at the forwarding loop in C, which calls the
+system's sendto itself and so takes a filter (fanout.set_send_filter) for this.
 """
 
 from __future__ import annotations
 
 import random
-from asyncio.selector_events import _SelectorDatagramTransport
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from aioice.ice import StunProtocol
+
+from server.sfu import fanout
 
 
 def _is_media(data: bytes) -> bool:
@@ -36,7 +39,7 @@ def packet_loss(rate: float, seed: int = 7) -> Iterator[LossCounters]:
     rng = random.Random(seed)
     counters = LossCounters()
     original_receive = StunProtocol.datagram_received
-    original_sendto = _SelectorDatagramTransport.sendto
+    original_sendto = socket.socket.sendto
 
     def datagram_received(self, data, addr):  # type: ignore[no-untyped-def]
         if _is_media(data):
@@ -46,18 +49,26 @@ def packet_loss(rate: float, seed: int = 7) -> Iterator[LossCounters]:
                 return None
         return original_receive(self, data, addr)
 
-    def sendto(self, data, addr=None):  # type: ignore[no-untyped-def]
-        if _is_media(data):
-            counters.sent += 1
-            if rng.random() < rate:
-                counters.dropped_out += 1
-                return None
-        return original_sendto(self, data, addr)
+    def lost(data: bytes) -> bool:
+        if not _is_media(data):
+            return False
+        counters.sent += 1
+        if rng.random() < rate:
+            counters.dropped_out += 1
+            return True
+        return False
+
+    def sendto(self, data, *args):  # type: ignore[no-untyped-def]
+        if lost(data):
+            return len(data)  # as sent, as far as the sender can tell
+        return original_sendto(self, data, *args)
 
     StunProtocol.datagram_received = datagram_received  # type: ignore[method-assign]
-    _SelectorDatagramTransport.sendto = sendto  # type: ignore[method-assign]
+    socket.socket.sendto = sendto  # type: ignore[method-assign]
+    fanout.set_send_filter(lost)
     try:
         yield counters
     finally:
         StunProtocol.datagram_received = original_receive  # type: ignore[method-assign]
-        _SelectorDatagramTransport.sendto = original_sendto  # type: ignore[method-assign]
+        socket.socket.sendto = original_sendto  # type: ignore[method-assign]
+        fanout.set_send_filter(None)
