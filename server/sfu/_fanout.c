@@ -510,18 +510,9 @@ static PyObject *path_set_direct(Path *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *path_direct(Path *self, void *closure) {
-    return PyBool_FromLong(self->fd >= 0);
-}
-
 static PyMethodDef path_methods[] = {
     {"_set_direct", (PyCFunction)path_set_direct, METH_VARARGS,
      "Where forward() sends this path's packets (socket, fd, remote, SRTP context address)."},
-    {NULL},
-};
-
-static PyGetSetDef path_getset[] = {
-    {"_direct", (getter)path_direct, NULL, "forward() may send on this path itself", NULL},
     {NULL},
 };
 
@@ -545,7 +536,6 @@ static PyType_Slot path_slots[] = {
     {Py_tp_clear, path_clear},
     {Py_tp_methods, path_methods},
     {Py_tp_members, path_members},
-    {Py_tp_getset, path_getset},
     {0, NULL},
 };
 

@@ -47,8 +47,6 @@ class _PythonLeg:
 class _PythonPath:
     """ForwardingSender's base where the C module is not built: no direct sending."""
 
-    _direct = False
-
     def _set_direct(self, sock: object, fd: int, remote: object, context: int) -> None:
         """Nothing sends but send_now here."""
 
