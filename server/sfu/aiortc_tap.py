@@ -18,6 +18,7 @@ fields of asyncio's datagram transport; those are checked here too.
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from asyncio.selector_events import _SelectorDatagramTransport, _SelectorTransport
 from collections.abc import Awaitable, Callable
@@ -48,7 +49,7 @@ from aiortc.rtp import (
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
-from server.sfu import fanout
+from server.sfu import fanout, rtcp_xr
 from server.sfu.rtp_header import ExtensionIds
 
 SUPPORTED_AIORTC = "1.16.0"
@@ -97,6 +98,12 @@ def check_internals() -> None:
             raise TapError(f"RTCRtpReceiver.{method} is gone")
     if not hasattr(RTCRtpSender, "_handle_rtcp_packet"):
         raise TapError("RTCRtpSender._handle_rtcp_packet is gone")
+    # Extended reports are read from the decrypted compound on its way to aiortc's parser.
+    for method in ("_handle_rtcp_data", "_send_rtp", "_recv_next"):
+        if not hasattr(RTCDtlsTransport, method):
+            raise TapError(f"RTCDtlsTransport.{method} is gone")
+    if "_handle_rtcp_data" not in RTCDtlsTransport._recv_next.__code__.co_names:
+        raise TapError("RTCDtlsTransport no longer hands RTCP to _handle_rtcp_data")
     # Sender reports read these fields (ForwardingSender keeps them), and the DTLS transport
     # announces its state changes (ForwardingSender follows them instead of polling).
     for name in _REPORT_FIELDS:
@@ -515,6 +522,39 @@ class ForwardingSender(fanout.Path):  # type: ignore[misc,valid-type]
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
             data = packet.serialize(params.header_extensions)
         await self.sender.transport._send_rtp(data)
+
+
+def answer_receiver_reference_times(dtls: RTCDtlsTransport, sender_ssrc: int, video: bool) -> None:
+    """Answer every RRTR the browser sends on `dtls` with a DLRR (server/sfu/rtcp_xr.py).
+
+    aiortc's RTCP parser skips extended reports, so they are read from the decrypted compound
+    before it. Hooked once per transport (a bundled one carries every m-line); the DLRR comes
+    from one of its senders' SSRC, a video one's when there is one: Chromium shows the
+    round-trip time in that stream's statistics (remote-outbound-rtp), and its NACK timing
+    takes it for every stream of the connection.
+    """
+    source: list[int] | None = getattr(dtls, "_giaoban_dlrr_source", None)
+    if source is not None:
+        if video and not source[1]:
+            source[:] = [sender_ssrc, 1]
+        return
+    source = [sender_ssrc, int(video)]
+    dtls._giaoban_dlrr_source = source  # type: ignore[attr-defined]
+    original = dtls._handle_rtcp_data
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        arrived = time.monotonic()
+        for receiver_ssrc, last_rr in rtcp_xr.receiver_reference_times(data):
+            reply = rtcp_xr.delay_since_last_rr(
+                source[0], receiver_ssrc, last_rr, time.monotonic() - arrived
+            )
+            try:
+                await dtls._send_rtp(reply)  # RTCP by its packet type: SRTCP-protected
+            except ConnectionError:
+                break
+        await original(data)
+
+    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
 
 
 # The C forwarding loop protects with the libsrtp that pylibsrtp links (checked by

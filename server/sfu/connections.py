@@ -21,7 +21,11 @@ from aiortc import (
 )
 from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+from aiortc.rtcrtpparameters import (
+    RTCRtcpFeedback,
+    RTCRtpCodecCapability,
+    RTCRtpCodecParameters,
+)
 from aiortc.rtp import RtpPacket
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
@@ -30,6 +34,7 @@ from server.sfu.aiortc_tap import (
     ForwardingSender,
     SenderFeedback,
     SendParameters,
+    answer_receiver_reference_times,
     disable_decoding,
 )
 from server.sfu.down_track import DownTrack
@@ -67,6 +72,21 @@ def parse_sdp(sdp: str) -> SessionDescription:
         return SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc's parser raises many kinds on garbage
         raise BadRequest(f"SDP: {exc}") from exc
+
+
+_RRTR = RTCRtcpFeedback(type="rrtr")
+
+
+def with_receiver_reference_times(sdp: str) -> str:
+    """The offer with `rrtr` on every video codec: the browser then sends the reference times
+    from which it learns its round-trip time (server/sfu/rtcp_xr.py)."""
+    description = SessionDescription.parse(sdp)
+    for media in description.media:
+        if media.kind == "video":
+            for codec in media.rtp.codecs:
+                if not is_rtx(codec) and _RRTR not in codec.rtcpFeedback:
+                    codec.rtcpFeedback.append(_RRTR)
+    return str(description)
 
 
 def _ice_ufrag(description: SessionDescription) -> str | None:
@@ -361,7 +381,9 @@ class DownConnection:
                     for s in self._slots
                     if s.down is not None and s.transceiver.mid
                 ]
-                sdp = self.settings.local_sdp(self.pc.localDescription.sdp)
+                sdp = self.settings.local_sdp(
+                    with_receiver_reference_times(self.pc.localDescription.sdp)
+                )
                 await self.send_offer(self.revision, sdp, mapping)
         except Exception:
             log.exception("down offer for participant %s failed", self.participant_id)
@@ -378,6 +400,10 @@ class DownConnection:
         except Exception as exc:
             raise BadRequest(f"the answer cannot be used: {type(exc).__name__}: {exc}") from exc
         self._awaiting = None
+        for slot in self._slots:
+            answer_receiver_reference_times(
+                slot.transceiver.sender.transport, slot.forwarder.ssrc, slot.kind == "video"
+            )
         # A reused m-line's sender is already running: its new track starts with this answer.
         for slot in self._slots:
             params = slot.forwarder.parameters

@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from server.app import ROOMS
-from tests.support.browser import join_via_ui, received_video, wait_for_remote_video
+from tests.support.browser import (
+    down_round_trip,
+    join_via_ui,
+    received_video,
+    wait_for_remote_video,
+)
 
 
 async def test_two_pages_see_each_other_and_a_leave_shows(node, new_page):
@@ -40,6 +45,19 @@ async def test_two_pages_see_each_other_and_a_leave_shows(node, new_page):
         f'#participants li[data-participant-id="{second_id}"]', state="detached", timeout=5_000
     )
     assert node.stats.forwarded_packets > 0
+
+
+async def test_a_page_that_only_receives_learns_its_round_trip_time(node, new_page):
+    # Chromium times a connection it only receives on through the node's DLRR answers; with
+    # the round-trip time known it asks again for a lost packet after it, not after 100 ms.
+    publisher, subscriber = await new_page(), await new_page()
+    publisher_id = await join_via_ui(publisher, node, "rtt", "UBND xã B")
+    await join_via_ui(subscriber, node, "rtt", "UBND huyện")
+    await wait_for_remote_video(subscriber, publisher_id)
+    measured = await down_round_trip(subscriber)
+    assert measured is not None, "Chromium measured no round-trip time on its down connection"
+    assert measured["measurements"] >= 1, measured
+    assert 0 <= measured["seconds"] < 0.05, f"loopback: a few milliseconds, got {measured}"
 
 
 async def test_muting_the_microphone_shows_and_stops_forwarding(node, new_page):

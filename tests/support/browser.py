@@ -96,6 +96,32 @@ async def sent_video_fps(page: Page, seconds: float) -> float:
     return fps
 
 
+DOWN_ROUND_TRIP = """
+async (timeoutMs) => {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const stats = await window.giaoban.client.downPc.getStats();
+    for (const s of stats.values()) {
+      if (s.type === 'remote-outbound-rtp' && s.kind === 'video'
+          && s.roundTripTimeMeasurements > 0) {
+        // Chromium leaves roundTripTime out; the mean comes from the total.
+        return {measurements: s.roundTripTimeMeasurements,
+                seconds: (s.totalRoundTripTime || 0) / s.roundTripTimeMeasurements};
+      }
+    }
+    if (Date.now() > deadline) return null;
+    await new Promise(resolve => setTimeout(resolve, 100));  // the next statistics
+  }
+}
+"""
+
+
+async def down_round_trip(page: Page, timeout: float = 8.0) -> dict[str, float] | None:
+    """The round-trip time the page's down connection measured for a video it receives
+    (RTCP XR: RRTR answered by DLRR), once Chromium reports one; None if it has not by then."""
+    return await page.evaluate(DOWN_ROUND_TRIP, timeout * 1000)
+
+
 async def wait_for_remote_video(page: Page, participant_id: str, timeout: float = 5.0) -> None:
     """Wait until the tile of `participant_id` shows decoded video (short timeout: fail fast)."""
     await page.wait_for_function(

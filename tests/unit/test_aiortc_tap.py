@@ -10,6 +10,7 @@ import asyncio
 import asyncio.selector_events
 import dataclasses
 import queue
+import struct
 import threading
 from collections.abc import AsyncIterator
 
@@ -89,6 +90,9 @@ def test_check_internals_fails_loudly_on_another_version(monkeypatch: pytest.Mon
         (RTCRtpReceiver, "_send_rtcp_nack"),
         (RTCRtpReceiver, "_send_rtcp_pli"),
         (RTCRtpSender, "_handle_rtcp_packet"),
+        (RTCDtlsTransport, "_handle_rtcp_data"),
+        (RTCDtlsTransport, "_send_rtp"),
+        (RTCDtlsTransport, "_recv_next"),
     ],
 )
 def test_check_internals_fails_when_an_internal_moves(
@@ -547,3 +551,73 @@ async def test_resend_without_rtx_sends_the_packet_again(
     data = RtpPacket(payload_type=96, sequence_number=9, ssrc=fwd.ssrc, payload=b"ab").serialize()
     await fwd.resend(data)
     assert wire == [data]
+
+
+# -- round-trip time for receive-only browsers (RRTR answered with DLRR) ------------------------
+
+
+def reference_time_report(sender_ssrc: int, seconds: int, fraction: int) -> bytes:
+    """An RTCP compound as Chromium sends it with rrtr negotiated: RR, then XR with an RRTR."""
+    xr = struct.pack("!BBHIBBHII", 0x80, 207, 4, sender_ssrc, 4, 0, 2, seconds, fraction)
+    return bytes(RtcpRrPacket(ssrc=sender_ssrc, reports=[])) + xr
+
+
+@pytest.fixture
+def rtcp_wire(dtls: RTCDtlsTransport, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """What the transport sends (instead of SRTCP on a socket) and what aiortc's handler gets."""
+    sent: list[bytes] = []
+    handled: list[bytes] = []
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    async def handle(data: bytes) -> None:
+        handled.append(data)
+
+    monkeypatch.setattr(dtls, "_send_rtp", send)
+    monkeypatch.setattr(dtls, "_handle_rtcp_data", handle)
+    return sent, handled
+
+
+async def test_a_reference_time_is_answered_with_the_delay_since(
+    dtls: RTCDtlsTransport, rtcp_wire: tuple[list[bytes], list[bytes]]
+) -> None:
+    sent, handled = rtcp_wire
+    aiortc_tap.answer_receiver_reference_times(dtls, 5555, video=True)
+    compound = reference_time_report(1, 0x12345678, 0x9ABCDEF0)
+    await dtls._handle_rtcp_data(compound)
+    assert handled == [compound], "aiortc still gets the whole compound (its RR)"
+    assert len(sent) == 1
+    _, pt, _, sender, block, _, _, receiver, last_rr, delay = struct.unpack("!BBHIBBHIII", sent[0])
+    assert (pt, sender, block, receiver, last_rr) == (207, 5555, 5, 1, 0x56789ABC)
+    assert delay < 65536 // 100, "answered at once: under 10 ms of delay"
+    # Without an RRTR there is nothing to answer.
+    await dtls._handle_rtcp_data(bytes(RtcpRrPacket(ssrc=1, reports=[])))
+    assert len(sent) == 1 and len(handled) == 2
+
+
+async def test_reference_times_are_answered_once_and_from_a_video_sender(
+    dtls: RTCDtlsTransport, rtcp_wire: tuple[list[bytes], list[bytes]]
+) -> None:
+    sent, handled = rtcp_wire
+    aiortc_tap.answer_receiver_reference_times(dtls, 1000, video=False)  # audio first
+    aiortc_tap.answer_receiver_reference_times(dtls, 2000, video=True)
+    aiortc_tap.answer_receiver_reference_times(dtls, 3000, video=True)  # another bundled m-line
+    await dtls._handle_rtcp_data(reference_time_report(1, 1, 2))
+    assert len(sent) == 1 and len(handled) == 1
+    assert struct.unpack_from("!I", sent[0], 4) == (2000,)
+
+
+async def test_a_reference_time_on_a_closed_connection_is_passed_on(
+    dtls: RTCDtlsTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handled: list[bytes] = []
+
+    async def handle(data: bytes) -> None:
+        handled.append(data)
+
+    monkeypatch.setattr(dtls, "_handle_rtcp_data", handle)
+    aiortc_tap.answer_receiver_reference_times(dtls, 5555, video=True)
+    compound = reference_time_report(1, 1, 2)
+    await dtls._handle_rtcp_data(compound)  # aiortc's _send_rtp: not connected, ConnectionError
+    assert handled == [compound]
