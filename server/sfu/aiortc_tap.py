@@ -544,7 +544,10 @@ def answer_receiver_reference_times(dtls: RTCDtlsTransport, sender_ssrc: int, vi
 
     async def handle_rtcp_data(data: bytes) -> None:
         arrived = time.monotonic()
-        for receiver_ssrc, last_rr in rtcp_xr.receiver_reference_times(data):
+        # One answer per receiver and compound: a peer stuffing a compound with RRTR blocks
+        # gets no more answers for it.
+        latest = dict(rtcp_xr.receiver_reference_times(data))
+        for receiver_ssrc, last_rr in latest.items():
             reply = rtcp_xr.delay_since_last_rr(
                 source[0], receiver_ssrc, last_rr, time.monotonic() - arrived
             )

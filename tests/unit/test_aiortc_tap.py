@@ -608,6 +608,17 @@ async def test_reference_times_are_answered_once_and_from_a_video_sender(
     assert struct.unpack_from("!I", sent[0], 4) == (2000,)
 
 
+async def test_a_compound_stuffed_with_reference_times_gets_one_answer_per_receiver(
+    dtls: RTCDtlsTransport, rtcp_wire: tuple[list[bytes], list[bytes]]
+) -> None:
+    sent, _handled = rtcp_wire
+    aiortc_tap.answer_receiver_reference_times(dtls, 5555, video=True)
+    stuffed = b"".join(reference_time_report(1, 0, n << 16) for n in range(50))
+    await dtls._handle_rtcp_data(stuffed + reference_time_report(2, 0, 7 << 16))
+    answered = sorted(struct.unpack_from("!II", reply, 12) for reply in sent)
+    assert answered == [(1, 49), (2, 7)], "the latest reference time of each receiver"
+
+
 async def test_a_reference_time_on_a_closed_connection_is_passed_on(
     dtls: RTCDtlsTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
