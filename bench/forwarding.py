@@ -1,6 +1,6 @@
 """Forwarding benchmark: the node's CPU cost per subscriber, against a MediaRelay baseline.
 
-    /tmp/venv/bin/python bench/forwarding.py [--max-subscribers 64] [--duration 10]
+    .venv/bin/python bench/forwarding.py [--max-subscribers 64] [--duration 10]
                                              [--baseline-max 8]
 
 Starts a node (`python -m server.cli serve`, host candidates on 127.0.0.1 only) in its own

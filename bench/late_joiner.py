@@ -1,6 +1,6 @@
 """Late-joiner benchmark: how soon a new subscriber sees video after its connection is up.
 
-    /tmp/venv/bin/python bench/late_joiner.py [--joiners 20] [--background-subscribers 8]
+    .venv/bin/python bench/late_joiner.py [--joiners 20] [--background-subscribers 8]
 
 Starts a node (`python -m server.cli serve`, host candidates on 127.0.0.1 only) in its own
 process, one publisher (640×360 VP8 barcode video pinned at ~800 kb/s + an Opus tone) in a

@@ -1,6 +1,6 @@
 """Memory benchmark: is the node's resident memory flat over a long run with subscribers?
 
-    /tmp/venv/bin/python bench/memory.py [--minutes 10] [--subscribers 16] [--sample-seconds 10]
+    .venv/bin/python bench/memory.py [--minutes 10] [--subscribers 16] [--sample-seconds 10]
                                          [--warmup 60] [--churn-every 0]
 
 Starts a node (`python -m server.cli serve`, host candidates on 127.0.0.1 only) in its own
