@@ -524,6 +524,12 @@ class ForwardingSender(fanout.Path):  # type: ignore[misc,valid-type]
         await self.sender.transport._send_rtp(data)
 
 
+@dataclass
+class _DlrrSource:
+    ssrc: int
+    video: bool
+
+
 def answer_receiver_reference_times(dtls: RTCDtlsTransport, sender_ssrc: int, video: bool) -> None:
     """Answer every RRTR the browser sends on `dtls` with a DLRR (server/sfu/rtcp_xr.py).
 
@@ -533,12 +539,12 @@ def answer_receiver_reference_times(dtls: RTCDtlsTransport, sender_ssrc: int, vi
     round-trip time in that stream's statistics (remote-outbound-rtp), and its NACK timing
     takes it for every stream of the connection.
     """
-    source: list[int] | None = getattr(dtls, "_giaoban_dlrr_source", None)
+    source: _DlrrSource | None = getattr(dtls, "_giaoban_dlrr_source", None)
     if source is not None:
-        if video and not source[1]:
-            source[:] = [sender_ssrc, 1]
+        if video and not source.video:
+            source.ssrc, source.video = sender_ssrc, True
         return
-    source = [sender_ssrc, int(video)]
+    source = _DlrrSource(sender_ssrc, video)
     dtls._giaoban_dlrr_source = source  # type: ignore[attr-defined]
     original = dtls._handle_rtcp_data
 
@@ -549,7 +555,7 @@ def answer_receiver_reference_times(dtls: RTCDtlsTransport, sender_ssrc: int, vi
         latest = dict(rtcp_xr.receiver_reference_times(data))
         for receiver_ssrc, last_rr in latest.items():
             reply = rtcp_xr.delay_since_last_rr(
-                source[0], receiver_ssrc, last_rr, time.monotonic() - arrived
+                source.ssrc, receiver_ssrc, last_rr, time.monotonic() - arrived
             )
             try:
                 await dtls._send_rtp(reply)  # RTCP by its packet type: SRTCP-protected
