@@ -7,7 +7,6 @@ verification by the node (no account), so archivists see it where they look."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -40,8 +39,7 @@ class IntegrityCheck:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
     async def _forever(self) -> None:

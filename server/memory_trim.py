@@ -11,7 +11,6 @@ when there is little to give back, 6 ms to give back 97 MiB (measured in a test 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -74,6 +73,5 @@ class MemoryTrimmer:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.gather(self._task, return_exceptions=True)
             self._task = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -218,8 +217,7 @@ class Room:
             await self._notifier.to_room(self.name, "room_updated", self.describe())
         if not self.people and self._speaker_task is not None:
             self._speaker_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._speaker_task
+            await asyncio.gather(self._speaker_task, return_exceptions=True)
             self._speaker_task = None
 
     @property
