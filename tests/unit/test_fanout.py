@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import tracemalloc
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any
@@ -158,29 +159,26 @@ IDS = [ExtensionIds(1, 2, 0)] * 3 + [ExtensionIds(3, 0, 4)] * 2 + [ExtensionIds(
 LAYOUTS = 3
 
 
+def count_calls(monkeypatch: pytest.MonkeyPatch, owner: type, *names: str) -> Counter[str]:
+    """Count the calls of `owner`'s methods `names` (they still run) while the test runs."""
+    calls: Counter[str] = Counter()
+    for name in names:
+        original = getattr(owner, name)
+
+        def counted(*args: Any, _name: str = name, _original: Any = original) -> Any:
+            calls[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
 @pytest.mark.skipif(not fanout.NATIVE, reason="the C loop is not built")
 async def test_the_c_loop_sends_what_the_python_path_sends(
     make_room: Callable[[list[ExtensionIds]], Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     c_room, py_room = await make_room(IDS), await make_room(IDS)
-    python_calls = 0
-    reference = DownTrack.forward
-
-    def counted(self: DownTrack, out: Outgoing) -> Any:
-        nonlocal python_calls
-        python_calls += 1
-        return reference(self, out)
-
-    tails_built = 0
-    build_tail = DownTrack._packet_tail
-
-    def counted_tail(self: DownTrack, out: Outgoing) -> Any:
-        nonlocal tails_built
-        tails_built += 1
-        return build_tail(self, out)
-
-    monkeypatch.setattr(DownTrack, "forward", counted)
-    monkeypatch.setattr(DownTrack, "_packet_tail", counted_tail)
+    calls = count_calls(monkeypatch, DownTrack, "forward", "_packet_tail")
     packets = upstream(random.Random(5), 200)
     # Loopback delivers during sendto: each packet is in the sockets when forward returns,
     # and is read at once (200 packets would overflow a socket's receive buffer).
@@ -190,8 +188,8 @@ async def test_the_c_loop_sends_what_the_python_path_sends(
         assert fanout.forward(c_room.downs, Outgoing(**fields)) is None
         for got, sub in zip(c_got, c_room.subscribers, strict=True):
             got += sub.received()
-    c_python_calls, python_calls = python_calls, 0
-    c_tails_built, tails_built = tails_built, 0
+    c_calls = calls.copy()
+    calls.clear()
     for fields in packets:
         assert fanout.python_forward(py_room.downs, Outgoing(**fields)) is None
         for got, sub in zip(py_got, py_room.subscribers, strict=True):
@@ -212,9 +210,9 @@ async def test_the_c_loop_sends_what_the_python_path_sends(
             assert c_down._history.get(seq) == py_down._history.get(seq)
     # The C loop served the packets itself, but for starting each video down track at its
     # keyframe (the first packet); Python built each packet's tail once per extension layout.
-    assert python_calls == len(packets) * len(IDS)
-    assert c_python_calls == len(IDS)
-    assert c_tails_built == tails_built == len(packets) * LAYOUTS
+    assert calls["forward"] == len(packets) * len(IDS)
+    assert c_calls["forward"] == len(IDS)
+    assert c_calls["_packet_tail"] == calls["_packet_tail"] == len(packets) * LAYOUTS
 
 
 @pytest.mark.skipif(not fanout.NATIVE, reason="the C loop is not built")
