@@ -1,12 +1,16 @@
-"""The one module that reaches into aiortc's private internals (pinned: aiortc==1.16.0).
+"""The one module that reaches into aiortc's and aioice's private internals (pinned:
+aiortc==1.16.0, aioice==0.13.0).
 
-Forwarding needs three things aiortc does not offer publicly:
+Forwarding needs four things aiortc and aioice do not offer publicly:
 - on a receiver, every parsed RTP packet (after RTX unwrapping) handed to us instead of its
   jitter buffer and decoder thread, while aiortc keeps sending NACKs, receiver reports and REMB;
 - on a sender, RTCP feedback (NACK, PLI/FIR, REMB) handed to us, since its own handling feeds
   an encoder we never run, and our packets counted in its sender reports (its class is swapped
   for a subclass that reads those counts from our ForwardingSender);
-- the negotiated send parameters (codecs, header-extension ids, mid) of a sender.
+- the negotiated send parameters (codecs, header-extension ids, mid) of a sender;
+- on a down connection, the subscriber's RTCP read where aioice receives it (_SubscriberRtcp):
+  reports, REMB and extended reports end there, feedback that asks for action goes on to
+  aiortc's handlers; and aioice's StunProtocol hands media on without trying it as STUN.
 
 `check_internals()` runs at import and tests/unit/test_aiortc_tap.py asserts it, so an aiortc
 upgrade that moves any of these fails loudly instead of silently decoding or dropping media.
@@ -18,14 +22,17 @@ fields of asyncio's datagram transport; those are checked here too.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from asyncio.selector_events import _SelectorDatagramTransport, _SelectorTransport
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import aioice
 import aiortc
 import pylibsrtp
+from aioice.ice import Connection as IceConnection
 from aioice.ice import StunProtocol
 from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender, clock
 from aiortc import rtcrtpreceiver as _receiver_module
@@ -49,10 +56,11 @@ from aiortc.rtp import (
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
-from server.sfu import fanout, rtcp_xr
+from server.sfu import fanout, rtcp_feedback, rtcp_xr
 from server.sfu.rtp_header import ExtensionIds
 
 SUPPORTED_AIORTC = "1.16.0"
+SUPPORTED_AIOICE = "0.13.0"
 RENACK_INTERVAL_MS = 20
 
 _R = "_RTCRtpReceiver__"
@@ -77,6 +85,8 @@ _REPORT_FIELDS = {
 }
 _SENDER_FIELDS = ("transport", *_REPORT_FIELDS)
 _DTLS_CONNECTED = DtlsState.CONNECTED
+
+logger = logging.getLogger(__name__)
 
 
 class TapError(RuntimeError):
@@ -118,6 +128,25 @@ def check_internals() -> None:
     ):
         raise TapError("asyncio's datagram transports no longer keep _closing and _buffer_size")
     _check_srtp()
+    _check_aioice()
+
+
+def _check_aioice() -> None:
+    """Raise TapError unless aioice hands datagrams on as _datagram_received and
+    _SubscriberRtcp expect (aioice is pinned with aiortc)."""
+    if aioice.__version__ != SUPPORTED_AIOICE:
+        raise TapError(
+            f"aioice {aioice.__version__} installed, the tap is written for {SUPPORTED_AIOICE}"
+        )
+    received = getattr(StunProtocol.datagram_received, "__wrapped__", None)
+    names = (received or StunProtocol.datagram_received).__code__.co_names
+    if "data_received" not in names or "parse_message" not in names:
+        raise TapError("aioice's StunProtocol no longer parses, then hands on, each datagram")
+    if "_queue" not in IceConnection.data_received.__code__.co_names:
+        raise TapError("aioice's Connection no longer queues received data")
+    for name in ("_rx_srtp", "_rtp_router"):
+        if name not in RTCDtlsTransport.__init__.__code__.co_names:
+            raise TapError(f"RTCDtlsTransport has no field {name!r}")
 
 
 # ForwardingSender.send_now SRTP-protects as pylibsrtp's Session.protect does (libsrtp 2's
@@ -153,6 +182,23 @@ def _check_srtp() -> None:
 
 
 check_internals()
+
+
+def _datagram_received(protocol: StunProtocol, data: bytes, addr: tuple) -> None:
+    """StunProtocol.datagram_received, with media and DTLS handed on without a STUN parse.
+
+    aioice parses every datagram as STUN first: for a media packet that is a failed parse
+    and an exception, per packet. By the first byte (RFC 7983: 0-3 STUN, 20-63 DTLS,
+    128-191 RTP and RTCP) only a datagram starting below 4 can be STUN."""
+    if data and data[0] > 3:
+        protocol.receiver.data_received(data, protocol.local_candidate.component)
+    else:
+        _stun_datagram_received(protocol, data, addr)
+
+
+_stun_datagram_received = StunProtocol.datagram_received
+_datagram_received.__wrapped__ = _stun_datagram_received  # type: ignore[attr-defined]
+StunProtocol.datagram_received = _datagram_received  # type: ignore[method-assign]
 
 # Decoder threads of forwarded receivers exit at once: aiortc starts one per receiver in
 # receive(), whether or not anyone reads the track. We mark the receivers' track queues.
@@ -384,12 +430,16 @@ class ForwardingSender(fanout.Path):  # type: ignore[misc,valid-type]
                 except ValueError:
                     return
                 if sender._ssrc in ssrcs:
-                    feedback.on_remb(bitrate)
+                    self.bitrate_estimated(bitrate)
             else:
                 await original_rtcp(packet)  # receiver reports: RTT and stats
 
         sender.send = send  # type: ignore[method-assign]
         sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+
+    def bitrate_estimated(self, bitrate: int) -> None:
+        """The subscriber's REMB for this sender's stream: `bitrate` bits/s."""
+        self._feedback.on_remb(bitrate)
 
     def send_now(
         self, header: bytes, tail: bytes, timestamp: int, ntp_time: int, max_backlog: int
@@ -524,46 +574,99 @@ class ForwardingSender(fanout.Path):  # type: ignore[misc,valid-type]
         await self.sender.transport._send_rtp(data)
 
 
-@dataclass
-class _DlrrSource:
-    ssrc: int
-    video: bool
+class _SubscriberRtcp:
+    """The RTCP a subscriber sends on its down connection, read as it arrives.
 
-
-def answer_receiver_reference_times(dtls: RTCDtlsTransport, sender_ssrc: int, video: bool) -> None:
-    """Answer every RRTR the browser sends on `dtls` with a DLRR (server/sfu/rtcp_xr.py).
-
-    aiortc's RTCP parser skips extended reports, so they are read from the decrypted compound
-    before it. Hooked once per transport (a bundled one carries every m-line); the DLRR comes
-    from one of its senders' SSRC, a video one's when there is one: Chromium shows the
-    round-trip time in that stream's statistics (remote-outbound-rtp), and its NACK timing
-    takes it for every stream of the connection.
+    aioice hands every datagram to a queue that aiortc's DTLS transport drains in a task, which
+    decrypts and parses it and routes each packet to a sender: about 0.2 ms of Python per
+    datagram on a slow machine, for receiver reports nothing reads. Here an SRTCP datagram is
+    decrypted where it arrives and read by its headers (server/sfu/rtcp_feedback.py): receiver
+    reports and descriptions end there, REMB goes to the senders it names, each receiver
+    reference time is answered with a DLRR, and a compound with a NACK, PLI or FIR (or any
+    other packet type) goes to aiortc's handlers as before. Anything that is not SRTCP on a
+    connected transport takes aioice's queue, as it would without this.
     """
-    source: _DlrrSource | None = getattr(dtls, "_giaoban_dlrr_source", None)
-    if source is not None:
-        if video and not source.video:
-            source.ssrc, source.video = sender_ssrc, True
-        return
-    source = _DlrrSource(sender_ssrc, video)
-    dtls._giaoban_dlrr_source = source  # type: ignore[attr-defined]
-    original = dtls._handle_rtcp_data
 
-    async def handle_rtcp_data(data: bytes) -> None:
+    def __init__(self, dtls: RTCDtlsTransport, deliver: Callable[[bytes, int], None]) -> None:
+        self.dtls = dtls
+        self.deliver = deliver  # aioice's own data_received: the queue aiortc reads
+        self.dlrr_ssrc = 0
+        self.dlrr_video = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def answer_from(self, sender_ssrc: int, video: bool) -> None:
+        """DLRRs come from one of the transport's senders, a video one's when there is one:
+        Chromium shows the round-trip time in that stream's statistics (remote-outbound-rtp),
+        and its NACK timing takes it for every stream of the connection."""
+        if not self.dlrr_ssrc or (video and not self.dlrr_video):
+            self.dlrr_ssrc, self.dlrr_video = sender_ssrc, video
+
+    def data_received(self, data: bytes, component: int) -> None:
+        dtls = self.dtls
+        srtp = dtls._rx_srtp  # type: ignore[attr-defined]
+        # RFC 5761: RTCP packet types 192-223 share the first byte's range with RTP.
+        if (
+            srtp is None
+            or len(data) < 8
+            or not 127 < data[0] < 192
+            or not 191 < data[1] < 224
+            or dtls._state is not _DTLS_CONNECTED
+        ):
+            self.deliver(data, component)
+            return
         arrived = time.monotonic()
-        # One answer per receiver and compound: a peer stuffing a compound with RRTR blocks
-        # gets no more answers for it.
-        latest = dict(rtcp_xr.receiver_reference_times(data))
-        for receiver_ssrc, last_rr in latest.items():
-            reply = rtcp_xr.delay_since_last_rr(
-                source.ssrc, receiver_ssrc, last_rr, time.monotonic() - arrived
-            )
-            try:
-                await dtls._send_rtp(reply)  # RTCP by its packet type: SRTCP-protected
-            except ConnectionError:
-                break
-        await original(data)
+        try:
+            compound = srtp.unprotect_rtcp(data)
+        except pylibsrtp.Error:
+            return  # as aiortc does: a datagram that does not authenticate is dropped
+        read = rtcp_feedback.read_subscriber_rtcp(compound)
+        for receiver_ssrc, last_rr in read.reference_times.items():
+            self._spawn(self._answer_reference_time(receiver_ssrc, last_rr, arrived))
+        if read.for_aiortc:
+            # Its REMB too: aiortc's routing hands each packet to its sender's handler.
+            self._spawn(dtls._handle_rtcp_data(compound))
+            return
+        senders = dtls._rtp_router.senders  # type: ignore[attr-defined]
+        for bitrate, ssrcs in read.remb:
+            for ssrc in ssrcs:
+                forwarding = getattr(senders.get(ssrc), "_giaoban_forwarding", None)
+                if forwarding is not None:
+                    forwarding.bitrate_estimated(bitrate)
 
-    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+    async def _answer_reference_time(
+        self, receiver_ssrc: int, last_rr: int, arrived: float
+    ) -> None:
+        reply = rtcp_xr.delay_since_last_rr(
+            self.dlrr_ssrc, receiver_ssrc, last_rr, time.monotonic() - arrived
+        )
+        try:
+            await self.dtls._send_rtp(reply)  # RTCP by its packet type: SRTCP-protected
+        except ConnectionError:
+            pass
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("subscriber RTCP handling failed", exc_info=task.exception())
+
+
+def take_subscriber_rtcp(dtls: RTCDtlsTransport, sender_ssrc: int, video: bool) -> None:
+    """Read the RTCP arriving on a down connection's `dtls` as it arrives (_SubscriberRtcp),
+    answering receiver reference times from `sender_ssrc` (or another sender's: the
+    transport's first video sender's). Once per transport; a bundled one carries every m-line.
+    """
+    lane: _SubscriberRtcp | None = getattr(dtls, "_giaoban_subscriber_rtcp", None)
+    if lane is None:
+        connection = dtls.transport._connection  # type: ignore[attr-defined]
+        lane = _SubscriberRtcp(dtls, connection.data_received)
+        connection.data_received = lane.data_received
+        dtls._giaoban_subscriber_rtcp = lane  # type: ignore[attr-defined]
+    lane.answer_from(sender_ssrc, video)
 
 
 # The C forwarding loop protects with the libsrtp that pylibsrtp links (checked by

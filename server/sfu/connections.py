@@ -34,8 +34,8 @@ from server.sfu.aiortc_tap import (
     ForwardingSender,
     SenderFeedback,
     SendParameters,
-    answer_receiver_reference_times,
     disable_decoding,
+    take_subscriber_rtcp,
 )
 from server.sfu.down_track import DownTrack
 from server.sfu.ice import add_public_address
@@ -401,7 +401,7 @@ class DownConnection:
             raise BadRequest(f"the answer cannot be used: {type(exc).__name__}: {exc}") from exc
         self._awaiting = None
         for slot in self._slots:
-            answer_receiver_reference_times(
+            take_subscriber_rtcp(
                 slot.transceiver.sender.transport, slot.forwarder.ssrc, slot.kind == "video"
             )
         # A reused m-line's sender is already running: its new track starts with this answer.

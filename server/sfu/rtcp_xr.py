@@ -22,32 +22,23 @@ _NTP = Struct("!II")
 _DLRR_PACKET = Struct("!BBHIBBHIII")
 
 
-def receiver_reference_times(compound: bytes) -> list[tuple[int, int]]:
-    """(sender SSRC, compact NTP time) of every RRTR block in an RTCP compound packet.
-
-    The compact time is the middle 32 bits of the 64-bit NTP timestamp, as DLRR echoes it.
-    Malformed or truncated parts end the scan: what came before them is kept.
-    """
+def reference_times_in(compound: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    """(sender SSRC, compact NTP time) of the RRTR blocks of the XR packet that fills
+    compound[start:end]."""
     found: list[tuple[int, int]] = []
-    pos = 0
-    while pos + 4 <= len(compound):
-        _, packet_type, words = _HEADER.unpack_from(compound, pos)
-        end = pos + 4 * (words + 1)
-        if end > len(compound):
+    if end - start < 8:
+        return found
+    (sender,) = _SSRC.unpack_from(compound, start + 4)
+    block = start + 8
+    while block + 4 <= end:
+        block_type, _, block_words = _HEADER.unpack_from(compound, block)
+        block_end = block + 4 * (block_words + 1)
+        if block_end > end:
             break
-        if packet_type == RTCP_XR and end - pos >= 8:
-            (sender,) = _SSRC.unpack_from(compound, pos + 4)
-            block = pos + 8
-            while block + 4 <= end:
-                block_type, _, block_words = _HEADER.unpack_from(compound, block)
-                block_end = block + 4 * (block_words + 1)
-                if block_end > end:
-                    break
-                if block_type == _RRTR and block_words == 2:
-                    seconds, fraction = _NTP.unpack_from(compound, block + 4)
-                    found.append((sender, ((seconds & 0xFFFF) << 16) | (fraction >> 16)))
-                block = block_end
-        pos = end
+        if block_type == _RRTR and block_words == 2:
+            seconds, fraction = _NTP.unpack_from(compound, block + 4)
+            found.append((sender, ((seconds & 0xFFFF) << 16) | (fraction >> 16)))
+        block = block_end
     return found
 
 

@@ -14,10 +14,15 @@ import struct
 import threading
 from collections.abc import AsyncIterator
 
+import aioice
 import aiortc
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
+import pylibsrtp
 import pytest
+from aioice import Candidate, stun
+from aioice.ice import Connection as IceConnection
+from aioice.ice import StunProtocol
 from aiortc import (
     RTCCertificate,
     RTCDtlsTransport,
@@ -26,6 +31,7 @@ from aiortc import (
     RTCRtpReceiver,
     RTCRtpSender,
 )
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
     RTCRtpDecodingParameters,
@@ -100,6 +106,20 @@ def test_check_internals_fails_when_an_internal_moves(
 ) -> None:
     monkeypatch.delattr(owner, name)
     with pytest.raises(TapError, match=name):
+        check_internals()
+
+
+def test_check_internals_fails_when_aioice_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Datagrams are handed on by StunProtocol to the connection's data_received, which queues.
+    def data_received(self: object, data: bytes, component: int) -> None:
+        pass
+
+    monkeypatch.setattr(IceConnection, "data_received", data_received)
+    with pytest.raises(TapError, match="queues"):
+        check_internals()
+    monkeypatch.undo()
+    monkeypatch.setattr(aioice, "__version__", "0.14.0")
+    with pytest.raises(TapError, match=r"aioice 0\.14\.0"):
         check_internals()
 
 
@@ -553,7 +573,9 @@ async def test_resend_without_rtx_sends_the_packet_again(
     assert wire == [data]
 
 
-# -- round-trip time for receive-only browsers (RRTR answered with DLRR) ------------------------
+# -- a subscriber's RTCP, read as it arrives ----------------------------------------------------
+
+SRTP_KEY = bytes(range(30))
 
 
 def reference_time_report(sender_ssrc: int, seconds: int, fraction: int) -> bytes:
@@ -562,73 +584,217 @@ def reference_time_report(sender_ssrc: int, seconds: int, fraction: int) -> byte
     return bytes(RtcpRrPacket(ssrc=sender_ssrc, reports=[])) + xr
 
 
-@pytest.fixture
-def rtcp_wire(dtls: RTCDtlsTransport, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """What the transport sends (instead of SRTCP on a socket) and what aiortc's handler gets."""
-    sent: list[bytes] = []
-    handled: list[bytes] = []
+class SubscriberWire:
+    """A down connection's transport as the subscriber's RTCP finds it once connected: its
+    SRTP sessions keyed, its state CONNECTED (no handshake: no socket is opened). `protect`
+    is the subscriber's side; `sent` what the transport sends (plain, before SRTP);
+    `queued` what aioice queued for aiortc's DTLS task."""
 
-    async def send(data: bytes) -> None:
-        sent.append(data)
+    def __init__(self, dtls: RTCDtlsTransport, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.dtls = dtls
+        policy = pylibsrtp.Policy
+        dtls._rx_srtp = pylibsrtp.Session(policy(key=SRTP_KEY, ssrc_type=policy.SSRC_ANY_INBOUND))
+        dtls._tx_srtp = pylibsrtp.Session(policy(key=SRTP_KEY, ssrc_type=policy.SSRC_ANY_OUTBOUND))
+        self.subscriber = pylibsrtp.Session(
+            policy(key=SRTP_KEY, ssrc_type=policy.SSRC_ANY_OUTBOUND)
+        )
+        dtls._set_state(DtlsState.CONNECTED)
+        self.sent: list[bytes] = []
+        self.connection = dtls.transport._connection
+
+        async def send(data: bytes) -> None:
+            self.sent.append(data)
+
+        monkeypatch.setattr(dtls, "_send_rtp", send)
+
+    def protect(self, compound: bytes) -> bytes:
+        return self.subscriber.protect_rtcp(compound)
+
+    def receive(self, datagram: bytes) -> None:
+        """The datagram arrives, as aioice's StunProtocol hands it on."""
+        self.connection.data_received(datagram, 1)
+
+    @property
+    def queued(self) -> list[bytes]:
+        found = []
+        while not self.connection._queue.empty():
+            found.append(self.connection._queue.get_nowait()[0])
+        return found
+
+    async def settled(self) -> None:
+        """Until the answers and aiortc's handlers the lane started have run."""
+        lane = self.dtls._giaoban_subscriber_rtcp
+        await asyncio.gather(*list(lane._tasks))
+
+
+@pytest.fixture
+def wire(dtls: RTCDtlsTransport, monkeypatch: pytest.MonkeyPatch) -> SubscriberWire:
+    return SubscriberWire(dtls, monkeypatch)
+
+
+def record_aiortc_handling(dtls: RTCDtlsTransport, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    handled: list[bytes] = []
 
     async def handle(data: bytes) -> None:
         handled.append(data)
 
-    monkeypatch.setattr(dtls, "_send_rtp", send)
     monkeypatch.setattr(dtls, "_handle_rtcp_data", handle)
-    return sent, handled
+    return handled
+
+
+async def test_receiver_reports_end_where_they_arrive(
+    wire: SubscriberWire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handled = record_aiortc_handling(wire.dtls, monkeypatch)
+    aiortc_tap.take_subscriber_rtcp(wire.dtls, 5555, video=True)
+    report = RtcpRrPacket(ssrc=1, reports=[])
+    wire.receive(wire.protect(bytes(report)))
+    await wire.settled()
+    assert (wire.queued, handled, wire.sent) == ([], [], [])
 
 
 async def test_a_reference_time_is_answered_with_the_delay_since(
-    dtls: RTCDtlsTransport, rtcp_wire: tuple[list[bytes], list[bytes]]
+    wire: SubscriberWire, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sent, handled = rtcp_wire
-    aiortc_tap.answer_receiver_reference_times(dtls, 5555, video=True)
-    compound = reference_time_report(1, 0x12345678, 0x9ABCDEF0)
-    await dtls._handle_rtcp_data(compound)
-    assert handled == [compound], "aiortc still gets the whole compound (its RR)"
-    assert len(sent) == 1
-    _, pt, _, sender, block, _, _, receiver, last_rr, delay = struct.unpack("!BBHIBBHIII", sent[0])
+    handled = record_aiortc_handling(wire.dtls, monkeypatch)
+    aiortc_tap.take_subscriber_rtcp(wire.dtls, 5555, video=True)
+    wire.receive(wire.protect(reference_time_report(1, 0x12345678, 0x9ABCDEF0)))
+    await wire.settled()
+    assert len(wire.sent) == 1 and handled == [] and wire.queued == []
+    _, pt, _, sender, block, _, _, receiver, last_rr, delay = struct.unpack(
+        "!BBHIBBHIII", wire.sent[0]
+    )
     assert (pt, sender, block, receiver, last_rr) == (207, 5555, 5, 1, 0x56789ABC)
     assert delay < 65536 // 100, "answered at once: under 10 ms of delay"
-    # Without an RRTR there is nothing to answer.
-    await dtls._handle_rtcp_data(bytes(RtcpRrPacket(ssrc=1, reports=[])))
-    assert len(sent) == 1 and len(handled) == 2
 
 
 async def test_reference_times_are_answered_once_and_from_a_video_sender(
-    dtls: RTCDtlsTransport, rtcp_wire: tuple[list[bytes], list[bytes]]
+    wire: SubscriberWire,
 ) -> None:
-    sent, handled = rtcp_wire
-    aiortc_tap.answer_receiver_reference_times(dtls, 1000, video=False)  # audio first
-    aiortc_tap.answer_receiver_reference_times(dtls, 2000, video=True)
-    aiortc_tap.answer_receiver_reference_times(dtls, 3000, video=True)  # another bundled m-line
-    await dtls._handle_rtcp_data(reference_time_report(1, 1, 2))
-    assert len(sent) == 1 and len(handled) == 1
-    assert struct.unpack_from("!I", sent[0], 4) == (2000,)
+    aiortc_tap.take_subscriber_rtcp(wire.dtls, 1000, video=False)  # audio first
+    aiortc_tap.take_subscriber_rtcp(wire.dtls, 2000, video=True)
+    aiortc_tap.take_subscriber_rtcp(wire.dtls, 3000, video=True)  # another bundled m-line
+    stuffed = b"".join(reference_time_report(1, 0, n << 16) for n in range(20))
+    wire.receive(wire.protect(stuffed + reference_time_report(2, 0, 7 << 16)))
+    await wire.settled()
+    answered = sorted(struct.unpack_from("!I4xII", reply, 4) for reply in wire.sent)
+    assert answered == [(2000, 1, 19), (2000, 2, 7)], (
+        "one answer per receiver, with its latest reference time, from the video sender"
+    )
+    # Hooked once: a datagram that is not RTCP reaches aioice's queue once.
+    wire.receive(b"\x16" + bytes(20))
+    assert wire.queued == [b"\x16" + bytes(20)]
 
 
-async def test_a_compound_stuffed_with_reference_times_gets_one_answer_per_receiver(
-    dtls: RTCDtlsTransport, rtcp_wire: tuple[list[bytes], list[bytes]]
+async def test_remb_reaches_the_sender_it_names(
+    wire: SubscriberWire, forwarding: tuple[ForwardingSender, Feedback]
 ) -> None:
-    sent, _handled = rtcp_wire
-    aiortc_tap.answer_receiver_reference_times(dtls, 5555, video=True)
-    stuffed = b"".join(reference_time_report(1, 0, n << 16) for n in range(50))
-    await dtls._handle_rtcp_data(stuffed + reference_time_report(2, 0, 7 << 16))
-    answered = sorted(struct.unpack_from("!II", reply, 12) for reply in sent)
-    assert answered == [(1, 49), (2, 7)], "the latest reference time of each receiver"
+    fwd, feedback = forwarding
+    wire.dtls._rtp_router.register_sender(fwd.sender, fwd.ssrc)
+    aiortc_tap.take_subscriber_rtcp(wire.dtls, fwd.ssrc, video=True)
+    remb = RtcpPsfbPacket(
+        fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(750_000, [fwd.ssrc, 99])
+    )
+    wire.receive(wire.protect(bytes(RtcpRrPacket(ssrc=1, reports=[])) + bytes(remb)))
+    await wire.settled()
+    assert len(feedback.rembs) == 1 and abs(feedback.rembs[0] - 750_000) < 7_500
+    assert wire.queued == []
 
 
-async def test_a_reference_time_on_a_closed_connection_is_passed_on(
-    dtls: RTCDtlsTransport, monkeypatch: pytest.MonkeyPatch
+async def test_a_nack_goes_through_aiortc_to_the_sender(
+    wire: SubscriberWire, forwarding: tuple[ForwardingSender, Feedback]
 ) -> None:
-    handled: list[bytes] = []
+    fwd, feedback = forwarding
+    wire.dtls._rtp_router.register_sender(fwd.sender, fwd.ssrc)
+    aiortc_tap.take_subscriber_rtcp(wire.dtls, fwd.ssrc, video=True)
+    nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=fwd.ssrc, lost=[5, 7])
+    pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=fwd.ssrc)
+    wire.receive(wire.protect(bytes(RtcpRrPacket(ssrc=1, reports=[])) + bytes(nack)))
+    wire.receive(wire.protect(bytes(pli)))
+    await wire.settled()
+    assert feedback.nacks == [[5, 7]] and feedback.keyframe_requests == 1
+    assert wire.queued == [], "decrypted once, here: aiortc's handlers get the compound"
 
-    async def handle(data: bytes) -> None:
-        handled.append(data)
 
-    monkeypatch.setattr(dtls, "_handle_rtcp_data", handle)
-    aiortc_tap.answer_receiver_reference_times(dtls, 5555, video=True)
-    compound = reference_time_report(1, 1, 2)
-    await dtls._handle_rtcp_data(compound)  # aiortc's _send_rtp: not connected, ConnectionError
-    assert handled == [compound]
+async def test_what_is_not_subscriber_rtcp_takes_aioices_queue(
+    wire: SubscriberWire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handled = record_aiortc_handling(wire.dtls, monkeypatch)
+    aiortc_tap.take_subscriber_rtcp(wire.dtls, 5555, video=True)
+    rtp = wire.subscriber.protect(
+        RtpPacket(payload_type=96, sequence_number=1, ssrc=7, payload=b"x").serialize()
+    )
+    dtls_record = bytes([22, 0xFE, 0xFD]) + bytes(30)
+    report = wire.protect(bytes(RtcpRrPacket(ssrc=1, reports=[])))
+    for datagram in (rtp, dtls_record, b"\x80"):
+        wire.receive(datagram)
+    assert wire.queued == [rtp, dtls_record, b"\x80"]
+    wire.dtls._set_state(DtlsState.CLOSED)  # SRTCP on a transport that is not connected
+    wire.receive(report)
+    assert wire.queued == [report] and handled == []
+
+
+async def test_a_datagram_that_does_not_authenticate_is_dropped(
+    wire: SubscriberWire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handled = record_aiortc_handling(wire.dtls, monkeypatch)
+    aiortc_tap.take_subscriber_rtcp(wire.dtls, 5555, video=True)
+    policy = pylibsrtp.Policy
+    stranger = pylibsrtp.Session(policy(key=bytes(30), ssrc_type=policy.SSRC_ANY_OUTBOUND))
+    wire.receive(stranger.protect_rtcp(reference_time_report(1, 1, 2)))
+    await wire.settled()
+    assert (wire.queued, handled, wire.sent) == ([], [], [])
+
+
+async def test_a_reference_time_on_a_closed_connection_is_dropped_quietly(
+    dtls: RTCDtlsTransport, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    wire = SubscriberWire(dtls, monkeypatch)
+    monkeypatch.undo()  # aiortc's own _send_rtp: no nominated ICE pair, ConnectionError
+    aiortc_tap.take_subscriber_rtcp(dtls, 5555, video=True)
+    wire.receive(wire.protect(reference_time_report(1, 1, 2)))
+    await wire.settled()
+    assert "failed" not in caplog.text
+
+
+# -- datagrams that cannot be STUN ---------------------------------------------------------------
+
+
+class IceReceiver:
+    """Where aioice's StunProtocol hands what it received (an ICE connection, in aioice)."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.requests: list[stun.Message] = []
+
+    def data_received(self, data: bytes, component: int) -> None:
+        self.data.append(data)
+
+    def request_received(self, message: stun.Message, addr: object, protocol: object) -> None:
+        self.requests.append(message)
+
+
+async def test_media_datagrams_are_handed_on_without_a_stun_parse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    receiver = IceReceiver()
+    protocol = StunProtocol(receiver)  # type: ignore[arg-type]
+    protocol.local_candidate = Candidate("1", 1, "udp", 1, "127.0.0.1", 9, "host")
+    parsed: list[bytes] = []
+    parse = stun.parse_message
+
+    def counting_parse(data: bytes, **kwargs: object) -> stun.Message:
+        parsed.append(data)
+        return parse(data, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stun, "parse_message", counting_parse)
+    rtp = RtpPacket(payload_type=96, sequence_number=1, ssrc=7, payload=b"x").serialize()
+    dtls_record = bytes([22, 0xFE, 0xFD]) + bytes(30)
+    for datagram in (rtp, dtls_record):
+        protocol.datagram_received(datagram, ("127.0.0.1", 5000))
+    assert receiver.data == [rtp, dtls_record] and parsed == []
+    # STUN is still STUN: a binding request reaches the connection's request handler.
+    request = bytes(stun.Message(stun.Method.BINDING, stun.Class.REQUEST))
+    protocol.datagram_received(request, ("127.0.0.1", 5000))
+    assert parsed == [request] and len(receiver.requests) == 1
+    assert receiver.data == [rtp, dtls_record]
