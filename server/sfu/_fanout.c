@@ -9,12 +9,13 @@
  *   Leg              base of DownTrack: the fields forward() reads per packet.
  *   Path             base of ForwardingSender: the path send_now uses (state kept by Python
  *                    code), the socket, remote address and SRTP context the loop sends with,
- *                    and the sender-report counts.
+ *                    and the sender-report counts; the loop sends the reports when due.
  *   StreamNumbering  base of StreamRewriter: its numbering state and numbers().
  *   PacketHistory    rtp_rewrite.PacketHistory's ring, the loop storing (header, shared tail).
  * Functions:
  *   forward(down_tracks, out) -> list of awaitables (packets for aiortc's slower path) or None.
- *   configure(srtp_protect address, max SRTP trailer, path check packets, libsrtp error type).
+ *   configure(srtp_protect and srtp_protect_rtcp addresses, max SRTP and SRTCP trailers, path
+ *             check packets, libsrtp error type).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -33,10 +34,13 @@
 
 typedef int (*protect_fn)(void *ctx, void *rtp, int *len);
 
-/* Set once by configure(): libsrtp's srtp_protect as pylibsrtp links it, the largest SRTP
- * trailer, the exception type for libsrtp errors and the packets a path checks its pair. */
+/* Set once by configure(): libsrtp's srtp_protect and srtp_protect_rtcp as pylibsrtp links
+ * them, the largest SRTP and SRTCP trailers, the exception type for libsrtp errors and the
+ * packets a path checks its pair. */
 static protect_fn srtp_protect_fn = NULL;
+static protect_fn srtp_protect_rtcp_fn = NULL;
 static int max_trailer = 0;
+static int max_rtcp_trailer = 0;
 static int path_check_packets = 32;
 static PyObject *srtp_error = NULL;
 /* Loss tests only (tests/support/loss.py): given each datagram, True drops it. */
@@ -421,6 +425,11 @@ typedef struct {
     unsigned long long rtp_timestamp;
     unsigned long long octet_count;
     unsigned long long packet_count;
+    /* sender reports (ForwardingSender.start_reports): the next one's time (time.monotonic,
+     * 0: none), the interval, and the SR + SDES compound whose sender info gets filled in */
+    double report_at;
+    double report_interval;
+    PyObject *report_template;
     /* set by _set_direct(): the socket the loop writes to, the remote and the SRTP context */
     PyObject *direct_socket; /* kept so its descriptor stays this socket's */
     PyObject *direct_remote;
@@ -432,6 +441,7 @@ typedef struct {
 
 static int path_clear(Path *self) {
     Py_CLEAR(self->udp);
+    Py_CLEAR(self->report_template);
     Py_CLEAR(self->direct_socket);
     Py_CLEAR(self->direct_remote);
     return 0;
@@ -450,6 +460,7 @@ static void path_dealloc(Path *self) {
 static int path_traverse(Path *self, visitproc visit, void *arg) {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->udp);
+    Py_VISIT(self->report_template);
     Py_VISIT(self->direct_socket);
     Py_VISIT(self->direct_remote);
     return 0;
@@ -524,6 +535,9 @@ static PyMemberDef path_members[] = {
     {"rtp_timestamp", T_ULONGLONG, offsetof(Path, rtp_timestamp), 0, NULL},
     {"octet_count", T_ULONGLONG, offsetof(Path, octet_count), 0, NULL},
     {"packet_count", T_ULONGLONG, offsetof(Path, packet_count), 0, NULL},
+    {"report_at", T_DOUBLE, offsetof(Path, report_at), 0, NULL},
+    {"report_interval", T_DOUBLE, offsetof(Path, report_interval), 0, NULL},
+    {"report_template", T_OBJECT, offsetof(Path, report_template), 0, NULL},
     {"__weaklistoffset__", T_PYSSIZET, offsetof(Path, weakrefs), READONLY, NULL},
     {NULL},
 };
@@ -741,6 +755,73 @@ static int flush_tally(Tally *t) {
     return 0;
 }
 
+/* Send srtp_buffer[0:size] on the path's socket. As send_now: when the socket refuses it,
+ * asyncio's own sendto takes over (it queues on EAGAIN, reports the rest to the protocol). */
+static int send_datagram(Path *path, int size) {
+    if (send_filter != NULL) {
+        PyObject *data = PyBytes_FromStringAndSize((const char *)srtp_buffer, size);
+        if (data == NULL)
+            return -1;
+        PyObject *verdict = PyObject_CallOneArg(send_filter, data);
+        Py_DECREF(data);
+        if (verdict == NULL)
+            return -1;
+        int drop = PyObject_IsTrue(verdict);
+        Py_DECREF(verdict);
+        if (drop < 0)
+            return -1;
+        if (drop)
+            return 0; /* lost on the way, as far as anyone can tell */
+    }
+    ssize_t sent = sendto(path->fd, srtp_buffer, (size_t)size, 0,
+                          (struct sockaddr *)&path->address, path->address_length);
+    if (sent >= 0)
+        return 0;
+    PyObject *data = PyBytes_FromStringAndSize((const char *)srtp_buffer, size);
+    if (data == NULL)
+        return -1;
+    PyObject *send_args[3] = {path->udp, data, path->direct_remote};
+    PyObject *r = PyObject_VectorcallMethod(str_sendto, send_args,
+                                            3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(data);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static inline void put_u32(unsigned char *at, unsigned long long value) {
+    at[0] = (unsigned char)(value >> 24);
+    at[1] = (unsigned char)(value >> 16);
+    at[2] = (unsigned char)(value >> 8);
+    at[3] = (unsigned char)value;
+}
+
+/* The sender report that is due, as ForwardingSender._report_due writes it: the template's
+ * sender info filled with the last packet's NTP and RTP times and the counts so far. */
+static int send_report(Path *path, double now) {
+    PyObject *template = path->report_template;
+    path->report_at = now + path->report_interval;
+    if (template == NULL || !PyBytes_CheckExact(template))
+        return 0;
+    Py_ssize_t length = PyBytes_GET_SIZE(template);
+    if (length < 28 || length > BUFFER_SIZE - max_rtcp_trailer)
+        return 0;
+    memcpy(srtp_buffer, PyBytes_AS_STRING(template), (size_t)length);
+    put_u32(srtp_buffer + 8, path->ntp_time >> 32);
+    put_u32(srtp_buffer + 12, path->ntp_time & 0xFFFFFFFFULL);
+    put_u32(srtp_buffer + 16, path->rtp_timestamp & 0xFFFFFFFFULL);
+    put_u32(srtp_buffer + 20, path->packet_count & 0xFFFFFFFFULL);
+    put_u32(srtp_buffer + 24, path->octet_count & 0xFFFFFFFFULL);
+    int size = (int)length;
+    int status = srtp_protect_rtcp_fn(path->srtp_context, srtp_buffer, &size);
+    if (status) {
+        PyErr_Format(srtp_error, "srtp_protect_rtcp failed with status %d", status);
+        return -1;
+    }
+    return send_datagram(path, size);
+}
+
 /* Forward to one leg the common way. 1: done (sent, or not placed); 0: needs the Python path
  * (nothing was changed that it would not do again the same); -1: error. */
 static int forward_leg(Leg *leg, Packet *p, Tally *tally) {
@@ -836,43 +917,15 @@ static int forward_leg(Leg *leg, Packet *p, Tally *tally) {
         PyErr_Format(srtp_error, "srtp_protect failed with status %d", status);
         return -1;
     }
-    if (send_filter != NULL) {
-        PyObject *data = PyBytes_FromStringAndSize((const char *)srtp_buffer, size);
-        if (data == NULL)
-            return -1;
-        PyObject *verdict = PyObject_CallOneArg(send_filter, data);
-        Py_DECREF(data);
-        if (verdict == NULL)
-            return -1;
-        int drop = PyObject_IsTrue(verdict);
-        Py_DECREF(verdict);
-        if (drop < 0)
-            return -1;
-        if (drop)
-            goto sent; /* lost on the way, as far as anyone can tell */
-    }
-    ssize_t sent = sendto(path->fd, srtp_buffer, (size_t)size, 0,
-                          (struct sockaddr *)&path->address, path->address_length);
-    if (sent < 0) {
-        /* As send_now: asyncio's own sendto takes over (it queues on EAGAIN, reports the
-         * rest to the protocol). */
-        PyObject *data = PyBytes_FromStringAndSize((const char *)srtp_buffer, size);
-        if (data == NULL)
-            return -1;
-        PyObject *send_args[3] = {path->udp, data, path->direct_remote};
-        PyObject *r = PyObject_VectorcallMethod(str_sendto, send_args,
-                                                3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        Py_DECREF(data);
-        if (r == NULL)
-            return -1;
-        Py_DECREF(r);
-    }
-sent:
+    if (send_datagram(path, size) < 0)
+        return -1;
     path->unchecked += 1;
     path->ntp_time = p->ntp_time;
     path->rtp_timestamp = (unsigned long long)ts;
     path->octet_count += (unsigned long long)rest_size;
     path->packet_count += 1;
+    if (path->report_at > 0 && p->now >= path->report_at && send_report(path, p->now) < 0)
+        return -1;
 
     if (leg->stats != tally->stats) {
         if (flush_tally(tally) < 0)
@@ -958,18 +1011,23 @@ error:
 }
 
 static PyObject *configure(PyObject *module, PyObject *args) {
-    unsigned long long protect;
-    int trailer, check;
+    unsigned long long protect, protect_rtcp;
+    int trailer, rtcp_trailer, check;
     PyObject *error;
-    if (!PyArg_ParseTuple(args, "KiiO", &protect, &trailer, &check, &error))
+    if (!PyArg_ParseTuple(args, "KKiiiO", &protect, &protect_rtcp, &trailer, &rtcp_trailer,
+                          &check, &error))
         return NULL;
-    if (protect == 0 || trailer < 0 || trailer >= BUFFER_SIZE - 12 || check < 1 ||
+    if (protect == 0 || protect_rtcp == 0 || trailer < 0 || trailer >= BUFFER_SIZE - 12 ||
+        rtcp_trailer < 0 || rtcp_trailer >= BUFFER_SIZE - 28 || check < 1 ||
         !PyExceptionClass_Check(error)) {
-        PyErr_SetString(PyExc_ValueError, "configure(protect, trailer, check, error)");
+        PyErr_SetString(PyExc_ValueError,
+                        "configure(protect, protect_rtcp, trailer, rtcp_trailer, check, error)");
         return NULL;
     }
     srtp_protect_fn = (protect_fn)(uintptr_t)protect;
+    srtp_protect_rtcp_fn = (protect_fn)(uintptr_t)protect_rtcp;
     max_trailer = trailer;
+    max_rtcp_trailer = rtcp_trailer;
     path_check_packets = check;
     Py_XSETREF(srtp_error, Py_NewRef(error));
     Py_RETURN_NONE;
@@ -989,8 +1047,8 @@ static PyMethodDef module_methods[] = {
      "forward(down_tracks, out): one upstream packet to every down track; the awaitables of "
      "packets left to aiortc's path, or None."},
     {"configure", configure, METH_VARARGS,
-     "configure(srtp_protect address, max SRTP trailer, path check packets, libsrtp error "
-     "type)."},
+     "configure(srtp_protect address, srtp_protect_rtcp address, max SRTP trailer, max "
+     "SRTCP trailer, path check packets, libsrtp error type)."},
     {"set_send_filter", set_send_filter, METH_O,
      "For loss tests: a callable given each datagram the loop would send (True drops it), "
      "or None."},

@@ -22,12 +22,15 @@ fields of asyncio's datagram transport; those are checked here too.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import random
 import time
 import weakref
 from asyncio.selector_events import _SelectorDatagramTransport, _SelectorTransport
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from struct import Struct
 
 import aioice
 import aiortc
@@ -45,8 +48,13 @@ from aiortc.rtp import (
     RTCP_PSFB_PLI,
     RTCP_RTPFB_NACK,
     HeaderExtensionsMap,
+    RtcpByePacket,
     RtcpPsfbPacket,
     RtcpRtpfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
     RtpPacket,
     pack_remb_fci,
     unpack_remb_fci,
@@ -83,7 +91,9 @@ _REPORT_FIELDS = {
     "octet_count": "octet_count",
     "packet_count": "packet_count",
 }
-_SENDER_FIELDS = ("transport", *_REPORT_FIELDS)
+_SENDER_FIELDS = ("transport", "rtcp_started", "rtcp_exited", *_REPORT_FIELDS)
+# A sender report's sender info: NTP time (two words), RTP time, packets, octets (RFC 3550).
+_SENDER_INFO = Struct("!IIIII")
 _DTLS_CONNECTED = DtlsState.CONNECTED
 
 logger = logging.getLogger(__name__)
@@ -119,6 +129,9 @@ def check_internals() -> None:
     for name in _REPORT_FIELDS:
         if _S + name not in RTCRtpSender._run_rtcp.__code__.co_names:
             raise TapError(f"RTCRtpSender's sender reports no longer read {name!r}")
+    # Sender reports go with the packets (ForwardingSender): aiortc's RTCP loop is replaced.
+    if "_run_rtcp" not in RTCRtpSender.send.__code__.co_names:
+        raise TapError("RTCRtpSender.send no longer starts its RTCP loop as _run_rtcp")
     if "statechange" not in RTCDtlsTransport._set_state.__code__.co_consts:
         raise TapError("RTCDtlsTransport no longer emits 'statechange'")
     # The C forwarding loop sends on a datagram transport's socket only while it is open
@@ -138,8 +151,7 @@ def _check_aioice() -> None:
         raise TapError(
             f"aioice {aioice.__version__} installed, the tap is written for {SUPPORTED_AIOICE}"
         )
-    received = getattr(StunProtocol.datagram_received, "__wrapped__", None)
-    names = (received or StunProtocol.datagram_received).__code__.co_names
+    names = inspect.unwrap(StunProtocol.datagram_received).__code__.co_names
     if "data_received" not in names or "parse_message" not in names:
         raise TapError("aioice's StunProtocol no longer parses, then hands on, each datagram")
     if "_queue" not in IceConnection.data_received.__code__.co_names:
@@ -161,24 +173,30 @@ _SRTP_ERRORS = pylibsrtp.ERRORS
 
 
 def _check_srtp() -> None:
-    """Raise TapError unless protecting through libsrtp directly matches Session.protect."""
+    """Raise TapError unless protecting through libsrtp directly (srtp_protect, and
+    srtp_protect_rtcp for the C loop's sender reports) matches Session.protect(_rtcp)."""
     signature = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
-    if _srtp_ffi.getctype(_srtp_ffi.typeof(_srtp_lib.srtp_protect)) != signature:
-        raise TapError("pylibsrtp's srtp_protect is not libsrtp 2's")
+    for name in ("srtp_protect", "srtp_protect_rtcp"):
+        if _srtp_ffi.getctype(_srtp_ffi.typeof(getattr(_srtp_lib, name))) != signature:
+            raise TapError(f"pylibsrtp's {name} is not libsrtp 2's")
     key = bytes(range(30))
-    packet = bytes([0x80, 96, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3]) + bytes(100)
     policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
-    expected = pylibsrtp.Session(policy).protect(packet)
-    session = pylibsrtp.Session(policy)
-    if not hasattr(session, "_srtp"):
-        raise TapError("pylibsrtp.Session has no private field '_srtp'")
-    data = _srtp_ffi.new("char[]", 1500)
-    length = _srtp_ffi.new("int *", len(packet))
-    _srtp_ffi.buffer(data)[0 : len(packet)] = packet
-    if _srtp_lib.srtp_protect(session._srtp[0], data, length) or (
-        _srtp_ffi.buffer(data)[0 : length[0]] != expected
-    ):
-        raise TapError("protecting through libsrtp directly differs from Session.protect")
+    packets = {
+        "srtp_protect": (bytes([0x80, 96, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3]) + bytes(100), "protect"),
+        "srtp_protect_rtcp": (bytes([0x80, 200, 0, 6, 0, 0, 0, 3]) + bytes(20), "protect_rtcp"),
+    }
+    for name, (packet, method) in packets.items():
+        expected = getattr(pylibsrtp.Session(policy), method)(packet)
+        session = pylibsrtp.Session(policy)
+        if not hasattr(session, "_srtp"):
+            raise TapError("pylibsrtp.Session has no private field '_srtp'")
+        data = _srtp_ffi.new("char[]", 1500)
+        length = _srtp_ffi.new("int *", len(packet))
+        _srtp_ffi.buffer(data)[0 : len(packet)] = packet
+        if getattr(_srtp_lib, name)(session._srtp[0], data, length) or (
+            _srtp_ffi.buffer(data)[0 : length[0]] != expected
+        ):
+            raise TapError(f"protecting through libsrtp's {name} differs from Session.{method}")
 
 
 check_internals()
@@ -196,7 +214,8 @@ def _datagram_received(protocol: StunProtocol, data: bytes, addr: tuple) -> None
         _stun_datagram_received(protocol, data, addr)
 
 
-_stun_datagram_received = StunProtocol.datagram_received
+# aioice's own, even if this module was loaded twice in one process (each load would wrap).
+_stun_datagram_received = inspect.unwrap(StunProtocol.datagram_received)
 _datagram_received.__wrapped__ = _stun_datagram_received  # type: ignore[attr-defined]
 StunProtocol.datagram_received = _datagram_received  # type: ignore[method-assign]
 
@@ -365,6 +384,8 @@ class ForwardingSender(fanout.Path):  # type: ignore[misc,valid-type]
 
     # Every so many packets send_now looks whether the ICE connection nominated another pair.
     PATH_CHECK_PACKETS = 32
+    # Seconds between sender reports (aiortc: 0.5-1.5 s at random; libwebrtc: 1 s for video).
+    REPORT_INTERVAL = 1.0
 
     def __init__(self, sender: RTCRtpSender, feedback: SenderFeedback) -> None:
         _require(sender, _S, _SENDER_FIELDS)
@@ -390,8 +411,13 @@ class ForwardingSender(fanout.Path):  # type: ignore[misc,valid-type]
         # the last packet's timestamps, octets and packets), from aiortc's values so far.
         for theirs, ours in _REPORT_FIELDS.items():
             setattr(self, ours, getattr(sender, _S + theirs))
+        # Sender reports: sent with the packets, by send_now or the C loop (start_reports).
+        self.report_at = 0.0
+        self.report_interval = self.REPORT_INTERVAL
+        self.report_template: bytes | None = None
         sender._giaoban_forwarding = self  # type: ignore[attr-defined]
         sender.__class__ = _reporting_class(type(sender))
+        sender._run_rtcp = self._say_goodbye_when_stopped  # type: ignore[method-assign]
         original_send = sender.send
         original_rtcp = sender._handle_rtcp_packet
 
@@ -414,6 +440,7 @@ class ForwardingSender(fanout.Path):  # type: ignore[misc,valid-type]
             await original_send(parameters)
             self._bind_transport()
             if first:
+                self.start_reports(parameters.rtcp.cname)
                 feedback.on_started(self.parameters)
 
         async def handle_rtcp_packet(packet) -> None:  # type: ignore[no-untyped-def]
@@ -437,12 +464,66 @@ class ForwardingSender(fanout.Path):  # type: ignore[misc,valid-type]
         sender.send = send  # type: ignore[method-assign]
         sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
 
+    def start_reports(self, cname: str | None) -> None:
+        """Send sender reports (SR, and SDES with `cname`) from now on, with the packets.
+
+        aiortc's RTCP loop sends them from a task per sender that wakes every second: at 64
+        subscribers, 128 wake-ups a second of Python. Here the packet that finds a report due
+        takes it along (send_now, or the C loop), with its own NTP and RTP times. The first
+        is due at a random time in 0.5-1.5 s, as aiortc's, so that the reports of senders
+        started together do not all go with the same packet."""
+        info = RtcpSenderInfo(ntp_timestamp=0, rtp_timestamp=0, packet_count=0, octet_count=0)
+        template = bytes(RtcpSrPacket(ssrc=self.ssrc, sender_info=info))
+        if cname is not None:
+            chunk = RtcpSourceInfo(ssrc=self.ssrc, items=[(1, cname.encode("utf8"))])
+            template += bytes(RtcpSdesPacket(chunks=[chunk]))
+        self.report_template = template
+        self.report_at = time.monotonic() + 0.5 + random.random()
+
+    def _report_due(self, now: float) -> bytes | None:
+        """The sender report due at `now` after the packet just counted, else None (the C
+        loop writes the same bytes: _fanout.c send_report)."""
+        if not self.report_at or now < self.report_at:
+            return None
+        self.report_at = now + self.report_interval
+        template = self.report_template
+        if template is None:
+            return None
+        report = bytearray(template)
+        _SENDER_INFO.pack_into(
+            report,
+            8,
+            self.ntp_time >> 32,
+            self.ntp_time & 0xFFFFFFFF,
+            self.rtp_timestamp & 0xFFFFFFFF,
+            self.packet_count & 0xFFFFFFFF,
+            self.octet_count & 0xFFFFFFFF,
+        )
+        return bytes(report)
+
+    async def _say_goodbye_when_stopped(self) -> None:
+        """In place of aiortc's RTCP loop: nothing to do until the sender stops, then BYE."""
+        sender = self.sender
+        getattr(sender, _S + "rtcp_started").set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass
+        await sender._send_rtcp([RtcpByePacket(sources=[self.ssrc])])
+        getattr(sender, _S + "rtcp_exited").set()
+
     def bitrate_estimated(self, bitrate: int) -> None:
         """The subscriber's REMB for this sender's stream: `bitrate` bits/s."""
         self._feedback.on_remb(bitrate)
 
     def send_now(
-        self, header: bytes, tail: bytes, timestamp: int, ntp_time: int, max_backlog: int
+        self,
+        header: bytes,
+        tail: bytes,
+        timestamp: int,
+        ntp_time: int,
+        max_backlog: int,
+        now: float,
     ) -> bool | None:
         """Send one RTP packet (fixed header, then the rest) synchronously: SRTP-protect it and
         write it to the subscriber's UDP socket. False: the socket's buffer holds more than
@@ -473,20 +554,28 @@ class ForwardingSender(fanout.Path):  # type: ignore[misc,valid-type]
         status = _srtp_protect(self._srtp_context, _SRTP_DATA, _SRTP_LEN)
         if status:
             raise pylibsrtp.Error(_SRTP_ERRORS[status])
-        packet = _SRTP_BUFFER[0 : _SRTP_LEN[0]]
-        raw = self._socket
-        if backlog or raw is None:
-            udp.sendto(packet, self._remote)  # type: ignore[union-attr]
-        else:
-            try:
-                raw.sendto(packet, self._remote)  # type: ignore[attr-defined]
-            except OSError:
-                udp.sendto(packet, self._remote)  # type: ignore[union-attr]
+        self._send_datagram(_SRTP_BUFFER[0 : _SRTP_LEN[0]], backlog)
         self.ntp_time = ntp_time
         self.rtp_timestamp = timestamp
         self.octet_count += len(tail)
         self.packet_count += 1
+        report = self._report_due(now)
+        if report is not None:
+            self._send_datagram(self._srtp.protect_rtcp(report))  # type: ignore[union-attr]
         return True
+
+    def _send_datagram(self, datagram: bytes, backlog: int = 0) -> None:
+        """To the socket itself when nothing is queued, else through asyncio's transport
+        (which also takes over on any error: it queues on EAGAIN and reports the rest)."""
+        udp = self._udp
+        raw = self._socket
+        if backlog or raw is None:
+            udp.sendto(datagram, self._remote)  # type: ignore[union-attr]
+        else:
+            try:
+                raw.sendto(datagram, self._remote)  # type: ignore[attr-defined]
+            except OSError:
+                udp.sendto(datagram, self._remote)  # type: ignore[union-attr]
 
     def _bind_transport(self) -> None:
         """Follow the sender's DTLS transport: its state from now on comes by its event."""
@@ -554,6 +643,9 @@ class ForwardingSender(fanout.Path):  # type: ignore[misc,valid-type]
         """Send one RTP packet through aiortc's own path (used where send_now cannot)."""
         await self.sender.transport._send_rtp(data)
         self._count(data, timestamp, clock.current_ntp_time())
+        report = self._report_due(time.monotonic())
+        if report is not None:
+            await self.sender.transport._send_rtp(report)  # SRTCP by its packet type
 
     async def resend(self, data: bytes) -> None:
         """Retransmit a packet from history, wrapped as RTX when the subscriber negotiated it."""
@@ -673,7 +765,9 @@ def take_subscriber_rtcp(dtls: RTCDtlsTransport, sender_ssrc: int, video: bool) 
 # _check_srtp above), up to the same packet size, and hands back to send_now as often.
 fanout.configure(
     int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect"))),
+    int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect_rtcp"))),
     pylibsrtp.SRTP_MAX_TRAILER_LEN,
+    pylibsrtp.SRTP_MAX_SRTCP_TRAILER_LEN,
     ForwardingSender.PATH_CHECK_PACKETS,
     pylibsrtp.Error,
 )

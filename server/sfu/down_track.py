@@ -145,7 +145,7 @@ class DownTrack(fanout.Leg):  # type: ignore[misc,valid-type]
         self._history.put(sequence_number, (header, rest))
         try:
             sent = self._forwarder.send_now(
-                header, rest, timestamp, out.ntp_time, MAX_BACKLOG_BYTES
+                header, rest, timestamp, out.ntp_time, MAX_BACKLOG_BYTES, out.now
             )
         except ConnectionError:
             self._stats.dropped_packets += 1

@@ -78,7 +78,14 @@ else:
     Path = _PythonPath
     forward = _python_forward
 
-    def configure(protect: int, trailer: int, check: int, error: type[Exception]) -> None:
+    def configure(
+        protect: int,
+        protect_rtcp: int,
+        trailer: int,
+        rtcp_trailer: int,
+        check: int,
+        error: type[Exception],
+    ) -> None:
         """Nothing to set up for the Python loop."""
 
     def set_send_filter(send_filter: Any) -> None:

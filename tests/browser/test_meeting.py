@@ -7,6 +7,7 @@ import asyncio
 from server.app import ROOMS
 from tests.support.browser import (
     down_round_trip,
+    down_sender_reports,
     join_via_ui,
     received_video,
     wait_for_remote_video,
@@ -58,6 +59,22 @@ async def test_a_page_that_only_receives_learns_its_round_trip_time(node, new_pa
     assert measured is not None, "Chromium measured no round-trip time on its down connection"
     assert measured["measurements"] >= 1, measured
     assert 0 <= measured["seconds"] < 0.05, f"loopback: a few milliseconds, got {measured}"
+
+
+async def test_a_receiving_page_gets_sender_reports_for_audio_and_video(node, new_page):
+    # The node's sender reports go with the forwarded packets (the C loop): the browser needs
+    # them to line audio up with video, and reads the sender's packet count from them.
+    publisher, subscriber = await new_page(), await new_page()
+    publisher_id = await join_via_ui(publisher, node, "reports", "UBND xã B")
+    await join_via_ui(subscriber, node, "reports", "UBND huyện")
+    await wait_for_remote_video(subscriber, publisher_id)
+    for kind in ("audio", "video"):
+        reports = await down_sender_reports(subscriber, kind, reports=2)
+        assert reports is not None, f"no two sender reports for {kind} within 8 s"
+        # The count is the node's at the report, up to a second before the page's count.
+        assert 0 < reports["packetsSent"] <= reports["packetsReceived"], (kind, reports)
+        assert reports["packetsSent"] >= reports["packetsReceived"] // 3, (kind, reports)
+        assert abs(reports["clockOffsetMs"]) < 3000, f"the report's NTP time is now: {reports}"
 
 
 async def test_muting_the_microphone_shows_and_stops_forwarding(node, new_page):

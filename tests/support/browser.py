@@ -122,6 +122,37 @@ async def down_round_trip(page: Page, timeout: float = 8.0) -> dict[str, float] 
     return await page.evaluate(DOWN_ROUND_TRIP, timeout * 1000)
 
 
+SENDER_REPORTS = """
+async ([kind, reports, timeoutMs]) => {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const stats = await window.giaoban.client.downPc.getStats();
+    let remote = null, inbound = null;
+    for (const s of stats.values()) {
+      if (s.kind !== kind) continue;
+      if (s.type === 'remote-outbound-rtp') remote = s;
+      if (s.type === 'inbound-rtp') inbound = s;
+    }
+    if (remote && inbound && remote.reportsSent >= reports) {
+      return {reportsSent: remote.reportsSent, packetsSent: remote.packetsSent,
+              packetsReceived: inbound.packetsReceived,
+              clockOffsetMs: remote.remoteTimestamp - Date.now()};
+    }
+    if (Date.now() > deadline) return null;
+    await new Promise(resolve => setTimeout(resolve, 100));  // the next statistics
+  }
+}
+"""
+
+
+async def down_sender_reports(
+    page: Page, kind: str, reports: int, timeout: float = 8.0
+) -> dict[str, float] | None:
+    """What the page's down connection learnt from the node's RTCP sender reports for a `kind`
+    stream it receives, once `reports` of them came; None if they have not by then."""
+    return await page.evaluate(SENDER_REPORTS, [kind, reports, timeout * 1000])
+
+
 async def wait_for_remote_video(page: Page, participant_id: str, timeout: float = 5.0) -> None:
     """Wait until the tile of `participant_id` shows decoded video (short timeout: fail fast)."""
     await page.wait_for_function(

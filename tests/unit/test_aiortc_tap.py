@@ -45,6 +45,8 @@ from aiortc.rtp import (
     RTCP_PSFB_PLI,
     RTCP_RTPFB_NACK,
     HeaderExtensionsMap,
+    RtcpByePacket,
+    RtcpPacket,
     RtcpPsfbPacket,
     RtcpRrPacket,
     RtcpRtpfbPacket,
@@ -106,6 +108,19 @@ def test_check_internals_fails_when_an_internal_moves(
 ) -> None:
     monkeypatch.delattr(owner, name)
     with pytest.raises(TapError, match=name):
+        check_internals()
+
+
+def test_check_internals_fails_when_the_senders_rtcp_loop_moves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ForwardingSender replaces the RTCP loop RTCRtpSender.send starts (sender reports go with
+    # the packets); a send() that starts another loop would send aiortc's reports too.
+    async def send(self: RTCRtpSender, parameters: object) -> None:
+        pass
+
+    monkeypatch.setattr(RTCRtpSender, "send", send)
+    with pytest.raises(TapError, match="RTCP loop"):
         check_internals()
 
 
@@ -504,30 +519,36 @@ async def test_send_rtp_counts_for_sender_reports(
     assert fwd.sender._RTCRtpSender__rtp_timestamp == 93000
 
 
-async def test_sender_reports_carry_the_forwarding_senders_counts(
+async def test_aiortcs_rtcp_loop_only_says_goodbye(
     forwarding: tuple[ForwardingSender, Feedback], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Sender reports go with the packets (tests/unit/test_forwarding_path.py, test_fanout.py);
+    # the loop aiortc starts for them only sends BYE when the sender stops.
     fwd, _feedback = forwarding
-    assert isinstance(fwd.sender, RTCRtpSender)
-    reports: asyncio.Queue[list[object]] = asyncio.Queue()
+    sender = fwd.sender
+    assert isinstance(sender, RTCRtpSender)
+    sent: list[list[object]] = []
 
     async def capture(packets: list[object]) -> None:
-        reports.put_nowait(packets)
+        sent.append(packets)
 
-    monkeypatch.setattr(fwd.sender, "_send_rtcp", capture)
-    monkeypatch.setattr(aiortc.rtcrtpsender.random, "random", lambda: 0.0)  # first SR at 0.5 s
-    # What send_now counts goes on the ForwardingSender, not on aiortc's sender.
-    fwd.ntp_time, fwd.rtp_timestamp, fwd.octet_count, fwd.packet_count = 7 << 32, 1234, 5000, 9
-    task = asyncio.ensure_future(fwd.sender._run_rtcp())
-    try:
-        packets = await asyncio.wait_for(reports.get(), 5)
-    finally:
-        task.cancel()
-        await task
-    [report] = [p for p in packets if isinstance(p, RtcpSrPacket)]
-    info = report.sender_info
-    assert (info.ntp_timestamp, info.rtp_timestamp) == (7 << 32, 1234)
-    assert (info.octet_count, info.packet_count) == (5000, 9)
+    monkeypatch.setattr(sender, "_send_rtcp", capture)
+    loop = asyncio.ensure_future(sender._run_rtcp())  # as RTCRtpSender.send starts it
+    await sender._RTCRtpSender__rtcp_started.wait()
+    loop.cancel()  # as RTCRtpSender.stop does
+    await sender._RTCRtpSender__rtcp_exited.wait()
+    [[bye]] = sent
+    assert isinstance(bye, RtcpByePacket) and bye.sources == [fwd.ssrc]
+
+
+async def test_the_report_template_is_aiortcs_sr_and_sdes(
+    forwarding: tuple[ForwardingSender, Feedback],
+) -> None:
+    fwd, _feedback = forwarding
+    fwd.start_reports("a-cname")
+    sr, sdes = RtcpPacket.parse(fwd.report_template)
+    assert isinstance(sr, RtcpSrPacket) and sr.ssrc == fwd.ssrc
+    assert sdes.chunks[0].ssrc == fwd.ssrc and sdes.chunks[0].items == [(1, b"a-cname")]
 
 
 async def test_resend_wraps_as_rtx_when_negotiated(

@@ -178,6 +178,10 @@ async def test_the_c_loop_sends_what_the_python_path_sends(
     make_room: Callable[[list[ExtensionIds]], Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     c_room, py_room = await make_room(IDS), await make_room(IDS)
+    for room in (c_room, py_room):  # sender reports due every second, at staggered times
+        for k, sub in enumerate(room.subscribers):
+            sub.forwarder.start_reports(f"cname-{k}")
+            sub.forwarder.report_at = 1.0 + k / 10
     calls = count_calls(monkeypatch, DownTrack, "forward", "_packet_tail")
     packets = upstream(random.Random(5), 200)
     # Loopback delivers during sendto: each packet is in the sockets when forward returns,
@@ -199,7 +203,9 @@ async def test_the_c_loop_sends_what_the_python_path_sends(
         c_room.subscribers, py_room.subscribers, c_got, py_got, strict=True
     ):
         assert len(py_sent) > 190  # a few swapped packets come too late to place
-        assert c_sent == py_sent  # SRTP and all: byte for byte
+        assert c_sent == py_sent  # SRTP, the sender reports' SRTCP and all: byte for byte
+        reports = [d for d in c_sent if d[1] == 200]  # an SR's header is not encrypted
+        assert len(reports) in (5, 6), "one a second over 6.6 s of packets"
         assert c_sub.counts() == py_sub.counts()
     assert (c_room.stats.forwarded_packets, c_room.stats.forwarded_bytes) == (
         py_room.stats.forwarded_packets,

@@ -11,6 +11,7 @@ import asyncio
 import os
 import random
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -21,7 +22,12 @@ import pytest
 from aioice.ice import StunProtocol
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import HeaderExtensionsMap
+from aiortc.rtp import (
+    HeaderExtensionsMap,
+    RtcpPacket,
+    RtcpSdesPacket,
+    RtcpSrPacket,
+)
 
 from server.sfu.aiortc_tap import ForwardingSender, SenderFeedback, SendParameters
 from server.sfu.down_track import DownTrack
@@ -47,7 +53,13 @@ class RecordingForwarder:
     resent: list[bytes] = field(default_factory=list)
 
     def send_now(
-        self, header: bytes, tail: bytes, timestamp: int, ntp_time: int, max_backlog: int
+        self,
+        header: bytes,
+        tail: bytes,
+        timestamp: int,
+        ntp_time: int,
+        max_backlog: int,
+        now: float,
     ) -> bool:
         self.sent.append(header + tail)
         return True
@@ -146,6 +158,8 @@ class FakeSender:
         self._RTCRtpSender__rtp_timestamp = 0
         self._RTCRtpSender__octet_count = 0
         self._RTCRtpSender__packet_count = 0
+        self._RTCRtpSender__rtcp_started = asyncio.Event()
+        self._RTCRtpSender__rtcp_exited = asyncio.Event()
 
     @property
     def transport(self) -> Any:
@@ -188,6 +202,15 @@ class Path:
     dtls: FakeDtls
     udp: asyncio.DatagramTransport
     peer: socket.socket
+
+    def peer_datagrams(self) -> list[bytes]:
+        """What reached the subscriber's socket, as it came (SRTP and SRTCP)."""
+        out = []
+        while True:
+            try:
+                out.append(self.peer.recv(2048))
+            except BlockingIOError:
+                return out
 
     def received(self) -> list[bytes]:
         rx = srtp_session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
@@ -235,8 +258,9 @@ def send(
     timestamp: int = 0,
     ntp_time: int = 0,
     backlog: int = 1 << 20,
+    now: float = 0.0,
 ) -> bool | None:
-    return forwarder.send_now(data[:12], data[12:], timestamp, ntp_time, backlog)
+    return forwarder.send_now(data[:12], data[12:], timestamp, ntp_time, backlog, now)
 
 
 async def test_send_now_protects_sends_and_counts(path: Path) -> None:
@@ -248,6 +272,37 @@ async def test_send_now_protects_sends_and_counts(path: Path) -> None:
     assert sender._RTCRtpSender__packet_count == 2
     assert sender._RTCRtpSender__octet_count == sum(len(d) - 12 for d in data)
     assert (sender._RTCRtpSender__rtp_timestamp, sender._RTCRtpSender__ntp_timestamp) == (1001, 78)
+
+
+async def test_a_sender_report_goes_with_the_packet_that_finds_it_due(path: Path) -> None:
+    fwd = path.forwarder
+    before = time.monotonic()
+    fwd.start_reports("cname-1")
+    assert before + 0.5 <= fwd.report_at <= time.monotonic() + 1.5, "first due in 0.5-1.5 s"
+    fwd.report_at = 10.0
+    send(fwd, packet(1), 1000, 77, now=9.99)
+    assert len(path.peer_datagrams()) == 1, "not due yet: the packet alone"
+    send(fwd, packet(2, 300), 4000, (5 << 32) | 6, now=10.0)
+    rtp, srtcp = path.peer_datagrams()
+    assert srtp_session(pylibsrtp.Policy.SSRC_ANY_INBOUND).unprotect(rtp) == packet(2, 300)
+    report = srtp_session(pylibsrtp.Policy.SSRC_ANY_INBOUND).unprotect_rtcp(srtcp)
+    sr, sdes = RtcpPacket.parse(report)
+    assert isinstance(sr, RtcpSrPacket) and sr.ssrc == SSRC
+    info = sr.sender_info
+    assert (info.ntp_timestamp, info.rtp_timestamp) == ((5 << 32) | 6, 4000), "this packet's"
+    assert (info.packet_count, info.octet_count) == (2, 200 + 300), "counted with this packet"
+    assert isinstance(sdes, RtcpSdesPacket)
+    assert sdes.chunks[0].ssrc == SSRC and sdes.chunks[0].items == [(1, b"cname-1")]
+    # The next one a second later.
+    assert fwd.report_at == 11.0
+    send(fwd, packet(3), now=10.9)
+    send(fwd, packet(4), now=11.0)
+    assert [d[1] for d in path.peer_datagrams()] == [96, 96, 200]
+
+
+async def test_no_sender_report_before_the_sender_starts(path: Path) -> None:
+    send(path.forwarder, packet(1), now=1e9)
+    assert len(path.peer_datagrams()) == 1
 
 
 async def test_send_now_matches_session_protect(path: Path) -> None:
