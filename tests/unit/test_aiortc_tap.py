@@ -707,12 +707,21 @@ async def test_reference_times_are_answered_once_and_from_a_video_sender(
     assert wire.queued == [b"\x16" + bytes(20)]
 
 
-async def test_remb_reaches_the_sender_it_names(
+@pytest.fixture
+def routed(
     wire: SubscriberWire, forwarding: tuple[ForwardingSender, Feedback]
-) -> None:
-    fwd, feedback = forwarding
+) -> tuple[ForwardingSender, Feedback]:
+    """A forwarding sender on the wire's transport, as aiortc routes RTCP to it."""
+    fwd, _feedback = forwarding
     wire.dtls._rtp_router.register_sender(fwd.sender, fwd.ssrc)
     aiortc_tap.take_subscriber_rtcp(wire.dtls, fwd.ssrc, video=True)
+    return forwarding
+
+
+async def test_remb_reaches_the_sender_it_names(
+    wire: SubscriberWire, routed: tuple[ForwardingSender, Feedback]
+) -> None:
+    fwd, feedback = routed
     remb = RtcpPsfbPacket(
         fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(750_000, [fwd.ssrc, 99])
     )
@@ -723,11 +732,9 @@ async def test_remb_reaches_the_sender_it_names(
 
 
 async def test_a_nack_goes_through_aiortc_to_the_sender(
-    wire: SubscriberWire, forwarding: tuple[ForwardingSender, Feedback]
+    wire: SubscriberWire, routed: tuple[ForwardingSender, Feedback]
 ) -> None:
-    fwd, feedback = forwarding
-    wire.dtls._rtp_router.register_sender(fwd.sender, fwd.ssrc)
-    aiortc_tap.take_subscriber_rtcp(wire.dtls, fwd.ssrc, video=True)
+    fwd, feedback = routed
     nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=fwd.ssrc, lost=[5, 7])
     pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=fwd.ssrc)
     wire.receive(wire.protect(bytes(RtcpRrPacket(ssrc=1, reports=[])) + bytes(nack)))

@@ -35,7 +35,7 @@ from server.sfu.rtp_rewrite import (
 )
 from server.sfu.stats import SfuStats
 from server.sfu.up_track import Outgoing, UpTrack
-from tests.unit.test_forwarding_path import VP8, FakeDtls, FakeSender
+from tests.unit.test_forwarding_path import VP8, FakeDtls, FakeSender, drain
 
 
 @pytest.mark.skipif(fanout.WANTED == "python", reason="GIAOBAN_FORWARDING_LOOP=python")
@@ -67,12 +67,7 @@ class Subscriber:
         self.forwarder = ForwardingSender(self.sender, feedback)  # type: ignore[arg-type]
 
     def received(self) -> list[bytes]:
-        out = []
-        while True:
-            try:
-                out.append(self.peer.recv(2048))
-            except BlockingIOError:
-                return out
+        return drain(self.peer)
 
     def counts(self) -> tuple[int, int, int, int]:
         f = self.forwarder

@@ -205,21 +205,21 @@ class Path:
 
     def peer_datagrams(self) -> list[bytes]:
         """What reached the subscriber's socket, as it came (SRTP and SRTCP)."""
-        out = []
-        while True:
-            try:
-                out.append(self.peer.recv(2048))
-            except BlockingIOError:
-                return out
+        return drain(self.peer)
 
     def received(self) -> list[bytes]:
         rx = srtp_session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
-        out = []
-        while True:
-            try:
-                out.append(rx.unprotect(self.peer.recv(2048)))
-            except BlockingIOError:
-                return out
+        return [rx.unprotect(datagram) for datagram in drain(self.peer)]
+
+
+def drain(sock: socket.socket) -> list[bytes]:
+    """Every datagram waiting on a non-blocking socket."""
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(2048))
+        except BlockingIOError:
+            return out
 
 
 @pytest.fixture
