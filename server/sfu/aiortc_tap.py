@@ -5,8 +5,9 @@ Forwarding needs four things aiortc and aioice do not offer publicly:
 - on a receiver, every parsed RTP packet (after RTX unwrapping) handed to us instead of its
   jitter buffer and decoder thread, while aiortc keeps sending NACKs, receiver reports and REMB;
 - on a sender, RTCP feedback (NACK, PLI/FIR, REMB) handed to us, since its own handling feeds
-  an encoder we never run, and our packets counted in its sender reports (its class is swapped
-  for a subclass that reads those counts from our ForwardingSender);
+  an encoder we never run, and our packets counted in its statistics (its class is swapped
+  for a subclass that reads those counts from our ForwardingSender, which sends the sender
+  reports itself, with the packets);
 - the negotiated send parameters (codecs, header-extension ids, mid) of a sender;
 - on a down connection, the subscriber's RTCP read where aioice receives it (_SubscriberRtcp):
   reports, REMB and extended reports end there, feedback that asks for action goes on to
@@ -82,7 +83,8 @@ _RECEIVER_FIELDS = (
     "rtcp_ssrc",
     "decoder_thread",
 )
-# aiortc's sender reports read four private fields of the sender; the forwarding path keeps
+# aiortc keeps a sender's report counts in four private fields (its statistics read them; its
+# report loop did, before ForwardingSender took the reports over). The forwarding path keeps
 # those counts on the ForwardingSender (touching aiortc's object per packet cost a cache miss
 # per subscriber), and a subclass of the sender's class makes aiortc read them from there.
 _REPORT_FIELDS = {
@@ -124,7 +126,7 @@ def check_internals() -> None:
             raise TapError(f"RTCDtlsTransport.{method} is gone")
     if "_handle_rtcp_data" not in RTCDtlsTransport._recv_next.__code__.co_names:
         raise TapError("RTCDtlsTransport no longer hands RTCP to _handle_rtcp_data")
-    # Sender reports read these fields (ForwardingSender keeps them), and the DTLS transport
+    # These are aiortc's report-count fields (ForwardingSender keeps them), and the DTLS transport
     # announces its state changes (ForwardingSender follows them instead of polling).
     for name in _REPORT_FIELDS:
         if _S + name not in RTCRtpSender._run_rtcp.__code__.co_names:
