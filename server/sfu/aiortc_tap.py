@@ -11,7 +11,9 @@ Forwarding needs four things aiortc and aioice do not offer publicly:
 - the negotiated send parameters (codecs, header-extension ids, mid) of a sender;
 - on a down connection, the subscriber's RTCP read where aioice receives it (_SubscriberRtcp):
   reports, REMB and extended reports end there, feedback that asks for action goes on to
-  aiortc's handlers; and aioice's StunProtocol hands media on without trying it as STUN.
+  aiortc's handlers; on an up connection, the publisher's RTP decrypted, parsed and forwarded
+  where aioice receives it (_ArrivingRtp) instead of in aiortc's DTLS task; and aioice's
+  StunProtocol hands media on without trying it as STUN.
 
 `check_internals()` runs at import and tests/unit/test_aiortc_tap.py asserts it, so an aiortc
 upgrade that moves any of these fails loudly instead of silently decoding or dropping media.
@@ -158,9 +160,22 @@ def _check_aioice() -> None:
         raise TapError("aioice's StunProtocol no longer parses, then hands on, each datagram")
     if "_queue" not in IceConnection.data_received.__code__.co_names:
         raise TapError("aioice's Connection no longer queues received data")
-    for name in ("_rx_srtp", "_rtp_router"):
-        if name not in RTCDtlsTransport.__init__.__code__.co_names:
+    fields = RTCDtlsTransport.__init__.__code__.co_names
+    for name in (
+        "_rx_srtp",
+        "_rtp_router",
+        "_rtp_header_extensions_map",
+        "_RTCDtlsTransport__rx_bytes",
+        "_RTCDtlsTransport__rx_packets",
+    ):
+        if name not in fields:
             raise TapError(f"RTCDtlsTransport has no field {name!r}")
+    # _ArrivingRtp decrypts, parses and routes RTP as the DTLS transport's task does.
+    for name in ("unprotect", "_handle_rtp_data"):
+        if name not in RTCDtlsTransport._recv_next.__code__.co_names:
+            raise TapError(f"RTCDtlsTransport no longer receives RTP through {name!r}")
+    if "route_rtp" not in RTCDtlsTransport._handle_rtp_data.__code__.co_names:
+        raise TapError("RTCDtlsTransport no longer routes RTP with route_rtp")
 
 
 # ForwardingSender.send_now SRTP-protects as pylibsrtp's Session.protect does (libsrtp 2's
@@ -242,14 +257,20 @@ def _require(obj: object, prefix: str, names: tuple[str, ...]) -> None:
             raise TapError(f"{type(obj).__name__} has no private field {name!r}")
 
 
-# Called with (packet after RTX unwrap, its codec, whether it arrived as a retransmission).
-PacketSink = Callable[[RtpPacket, RTCRtpCodecParameters, bool], Awaitable[None]]
+# Called with (packet after RTX unwrap, its codec, whether it arrived as a retransmission). What
+# it returns, if anything, is awaited: in aiortc's receive task, or in a task of its own when
+# the packet is handled where it arrives (disable_decoding's at_arrival).
+PacketSink = Callable[[RtpPacket, RTCRtpCodecParameters, bool], Awaitable[None] | None]
 
 
-def disable_decoding(receiver: RTCRtpReceiver, on_packet: PacketSink) -> None:
+def disable_decoding(
+    receiver: RTCRtpReceiver, on_packet: PacketSink, *, at_arrival: bool = False
+) -> None:
     """Send every RTP packet of `receiver` to `on_packet`; no jitter buffer, no decoder.
 
-    Call it from the peer connection's "track" event, before the receiver starts.
+    Call it from the peer connection's "track" event, before the receiver starts. With
+    `at_arrival`, packets are handled where aioice receives them (_ArrivingRtp), from the
+    first one on; `on_packet` must then be quick and return whatever has to wait.
     """
     _require(receiver, _R, _RECEIVER_FIELDS)
     if getattr(receiver, _R + "decoder_thread") is not None:
@@ -266,9 +287,10 @@ def disable_decoding(receiver: RTCRtpReceiver, on_packet: PacketSink) -> None:
     last_nack = [0]  # arrival time (ms) of the last NACK sent
     rtcp_ssrc_field = _R + "rtcp_ssrc"
 
-    async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+    def receive(packet: RtpPacket, arrival_time_ms: int) -> Awaitable[None] | None:
         if not receiver._enabled:
-            return
+            return None
+        sends: list[Awaitable[None]] | None = None
         # REMB lets the browser size its bitrate (aiortc does not negotiate transport-cc).
         if estimator is not None and packet.extensions.abs_send_time is not None:
             remb = estimator.add(
@@ -279,14 +301,19 @@ def disable_decoding(receiver: RTCRtpReceiver, on_packet: PacketSink) -> None:
             )
             rtcp_ssrc = getattr(receiver, rtcp_ssrc_field)
             if rtcp_ssrc is not None and remb is not None:
-                await receiver._send_rtcp(
-                    RtcpPsfbPacket(
-                        fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb)
+                sends = [
+                    receiver._send_rtcp(
+                        RtcpPsfbPacket(
+                            fmt=RTCP_PSFB_APP,
+                            ssrc=rtcp_ssrc,
+                            media_ssrc=0,
+                            fci=pack_remb_fci(*remb),
+                        )
                     )
-                )
+                ]
         codec = codecs.get(packet.payload_type)
         if codec is None:
-            return
+            return None if sends is None else _in_order(sends)
         stream = streams.get(packet.ssrc)
         if stream is None:
             stream = streams[packet.ssrc] = statistics_class(codec.clockRate)
@@ -302,7 +329,7 @@ def disable_decoding(receiver: RTCRtpReceiver, on_packet: PacketSink) -> None:
                 or not isinstance(apt, int)
                 or apt not in codecs
             ):
-                return
+                return None if sends is None else _in_order(sends)
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
             codec = codecs[apt]
             retransmitted = True
@@ -314,10 +341,32 @@ def disable_decoding(receiver: RTCRtpReceiver, on_packet: PacketSink) -> None:
                 nack_generator.missing and arrival_time_ms - last_nack[0] >= RENACK_INTERVAL_MS
             ):
                 last_nack[0] = arrival_time_ms
-                await receiver._send_rtcp_nack(packet.ssrc, sorted(nack_generator.missing))
-        await on_packet(packet, codec, retransmitted)
+                nack = receiver._send_rtcp_nack(packet.ssrc, sorted(nack_generator.missing))
+                sends = [nack] if sends is None else [*sends, nack]
+        pending = on_packet(packet, codec, retransmitted)
+        if sends is None:
+            return pending
+        if pending is not None:
+            sends.append(pending)
+        return _in_order(sends)
+
+    async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+        # aiortc's receive task: every packet without at_arrival, else those that came before
+        # the lane was taken (the first one, which shows which transport carries them).
+        if at_arrival:
+            take_arriving_rtp(receiver)
+        pending = receive(packet, arrival_time_ms)
+        if pending is not None:
+            await pending
 
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
+    if at_arrival:
+        receiver._giaoban_receive = receive  # type: ignore[attr-defined]
+
+
+async def _in_order(work: list[Awaitable[None]]) -> None:
+    for step in work:
+        await step
 
 
 async def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
@@ -708,6 +757,7 @@ class _SubscriberRtcp:
         ):
             self.deliver(data, component)
             return
+        _count_received(dtls, data)
         arrived = time.monotonic()
         try:
             compound = srtp.unprotect_rtcp(data)
@@ -761,6 +811,84 @@ def take_subscriber_rtcp(dtls: RTCDtlsTransport, sender_ssrc: int, video: bool) 
         connection.data_received = lane.data_received
         dtls._giaoban_subscriber_rtcp = lane  # type: ignore[attr-defined]
     lane.answer_from(sender_ssrc, video)
+
+
+class _ArrivingRtp:
+    """RTP arriving on a connection the node receives media on, handled where it arrives.
+
+    Through aioice's queue each packet woke aiortc's DTLS task on the next turn of the event
+    loop before it was decrypted, parsed and forwarded: a task switch and a second poll per
+    packet. Here an SRTP packet on a connected transport is decrypted, parsed and routed as
+    aiortc's task does, and goes to its receiver's tap (disable_decoding with at_arrival) at
+    once; what the tap returns to wait for (a NACK or REMB to send, a forward through aiortc's
+    own path) runs in a task. RTCP, DTLS and anything before the transport connects take
+    aioice's queue as before.
+    """
+
+    def __init__(self, dtls: RTCDtlsTransport, deliver: Callable[[bytes, int], None]) -> None:
+        self.dtls = dtls
+        self.deliver = deliver  # the connection's data_received before this lane
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def data_received(self, data: bytes, component: int) -> None:
+        dtls = self.dtls
+        srtp = dtls._rx_srtp  # type: ignore[attr-defined]
+        # aiortc's own test (is_rtcp): second byte 192-208 is RTCP, anything else RTP.
+        if (
+            srtp is None
+            or len(data) < 12
+            or not 127 < data[0] < 192
+            or 191 < data[1] < 209
+            or dtls._state is not _DTLS_CONNECTED
+        ):
+            self.deliver(data, component)
+            return
+        _count_received(dtls, data)
+        arrival_time_ms = clock.current_ms()
+        try:
+            packet = RtpPacket.parse(srtp.unprotect(data), dtls._rtp_header_extensions_map)
+        except (pylibsrtp.Error, ValueError):
+            return  # as aiortc does: a packet that does not authenticate or parse is dropped
+        receiver = dtls._rtp_router.route_rtp(packet)  # type: ignore[attr-defined]
+        if receiver is None:
+            return
+        receive = getattr(receiver, "_giaoban_receive", None)
+        try:
+            if receive is None:  # a receiver left untapped: aiortc's handler, in order
+                pending = receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)
+            else:
+                pending = receive(packet, arrival_time_ms)
+        except Exception:
+            # Raised out of here, asyncio would close the socket: one packet must not.
+            logger.exception("forwarding a received packet failed")
+            return
+        if pending is not None:
+            task = asyncio.ensure_future(pending)
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("handling a received packet failed", exc_info=task.exception())
+
+
+def take_arriving_rtp(receiver: RTCRtpReceiver) -> None:
+    """Handle the RTP of `receiver`'s transport where it arrives (_ArrivingRtp); once per
+    transport, which a bundled connection shares between its m-lines."""
+    dtls = receiver.transport
+    if getattr(dtls, "_giaoban_arriving_rtp", None) is not None:
+        return
+    connection = dtls.transport._connection  # type: ignore[attr-defined]
+    lane = _ArrivingRtp(dtls, connection.data_received)
+    connection.data_received = lane.data_received
+    dtls._giaoban_arriving_rtp = lane  # type: ignore[attr-defined]
+
+
+def _count_received(dtls: RTCDtlsTransport, data: bytes) -> None:
+    """aiortc's transport statistics (bytes and packets received) count what the lanes take."""
+    dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+    dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
 
 
 # The C forwarding loop protects with the libsrtp that pylibsrtp links (checked by

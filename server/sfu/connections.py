@@ -123,9 +123,12 @@ class _ReceiverTap:
     def __init__(self) -> None:
         self.track: UpTrack | None = None
 
-    async def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters, rtx: bool) -> None:
-        if self.track is not None:
-            await self.track.on_packet(packet, codec, rtx)
+    def on_packet(
+        self, packet: RtpPacket, codec: RTCRtpCodecParameters, rtx: bool
+    ) -> Awaitable[None] | None:
+        if self.track is None:
+            return None
+        return self.track.on_packet(packet, codec, rtx)
 
 
 class UpConnection:
@@ -157,7 +160,7 @@ class UpConnection:
             for transceiver in self.pc.getTransceivers():
                 if transceiver.receiver.track is track:
                     tap = self._taps[id(transceiver.receiver)] = _ReceiverTap()
-                    disable_decoding(transceiver.receiver, tap.on_packet)
+                    disable_decoding(transceiver.receiver, tap.on_packet, at_arrival=True)
 
     def replaced_by(self, offer_sdp: str) -> bool:
         """True if `offer_sdp` comes from a different peer connection (other ICE credentials),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -97,24 +97,26 @@ class UpTrack:
             "muted": self.muted,
         }
 
-    async def on_packet(
+    def on_packet(
         self, packet: RtpPacket, codec: RTCRtpCodecParameters, retransmitted: bool
-    ) -> None:
+    ) -> Awaitable[None] | None:
+        """Forward one packet where it arrives; what must wait (forwards through aiortc's own
+        path, for subscribers over TURN) is returned to be awaited in order."""
         stats = self._stats
         stats.received_packets += 1
         if not self._seen.first_time(packet.sequence_number):
             stats.duplicate_packets += 1
-            return
+            return None
         self.media_ssrc = packet.ssrc
         level = packet.extensions.audio_level
         if level is not None and self._on_audio_level is not None and not self.muted:
             self._on_audio_level(self.participant_id, level[1], level[0])
         if self.muted:
-            return
+            return None
         for sink in self.sinks:
             sink.write_packet(packet)
         if not self.down_tracks:
-            return
+            return None
         ntp = clock.current_ntp_time()
         out = Outgoing(
             payload_type=packet.payload_type,
@@ -130,9 +132,7 @@ class UpTrack:
             now=time.monotonic(),
         )
         slow = fanout.forward(self.down_tracks, out)
-        if slow is not None:
-            for pending in slow:  # subscribers over TURN, through aiortc's own path
-                await pending
+        return None if slow is None else _in_turn(slow)
 
     def attach(self, down: DownTrack) -> None:
         self.down_tracks.append(down)
@@ -198,3 +198,8 @@ class UpTrack:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _in_turn(pending: list[Awaitable[None]]) -> None:
+    for forward in pending:  # subscribers over TURN, through aiortc's own path
+        await forward

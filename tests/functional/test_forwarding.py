@@ -8,6 +8,7 @@ import time
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
 import pytest
+from aiortc import RTCDtlsTransport
 
 from server.app import ROOMS
 from server.sfu import aiortc_tap
@@ -140,6 +141,13 @@ async def test_mute_stops_forwarding_and_unmute_resumes(node, peers):
 
 async def test_node_neither_decodes_nor_encodes(node, peers, monkeypatch):
     created = {"decoders": 0, "encoders": 0}
+    by_task: dict[int, int] = {}  # RTP packets parsed in aiortc's DTLS task, per transport
+    handle_rtp_data = RTCDtlsTransport._handle_rtp_data
+
+    async def counting_handle_rtp_data(self, data, arrival_time_ms):  # type: ignore[no-untyped-def]
+        by_task[id(self)] = by_task.get(id(self), 0) + 1
+        await handle_rtp_data(self, data, arrival_time_ms)
+
     get_decoder, get_encoder = aiortc.rtcrtpreceiver.get_decoder, aiortc.rtcrtpsender.get_encoder
 
     def counting_decoder(codec):  # type: ignore[no-untyped-def]
@@ -152,6 +160,7 @@ async def test_node_neither_decodes_nor_encodes(node, peers, monkeypatch):
 
     monkeypatch.setattr(aiortc.rtcrtpreceiver, "get_decoder", counting_decoder)
     monkeypatch.setattr(aiortc.rtcrtpsender, "get_encoder", counting_encoder)
+    monkeypatch.setattr(RTCDtlsTransport, "_handle_rtp_data", counting_handle_rtp_data)
 
     publisher, first, second = await peers("pub"), await peers("sub-1"), await peers("sub-2")
     for peer in (publisher, first, second):
@@ -177,6 +186,12 @@ async def test_node_neither_decodes_nor_encodes(node, peers, monkeypatch):
     up_receivers = [t._receiver for p in room.participants.values() for t in p.tracks]
     assert len(up_receivers) == 2
     assert not any(aiortc_tap.decoding(r) for r in up_receivers)
+    # The publisher's packets are forwarded where they arrive, not in aiortc's DTLS task
+    # (which sees the first few, before the node knows their transport).
+    (transport,) = {r.transport for r in up_receivers}  # bundled
+    received = transport._RTCDtlsTransport__rx_packets
+    assert received >= 80  # 50 audio packets and 30 video frames at least
+    assert by_task.get(id(transport), 0) < received / 10, (by_task.get(id(transport)), received)
     decoder_threads = [t for t in threading.enumerate() if t.name.endswith("-decoder")]
     assert len(decoder_threads) == 4, [t.name for t in decoder_threads]  # the subscribers'
 

@@ -12,7 +12,7 @@ import dataclasses
 import queue
 import struct
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import aioice
 import aiortc
@@ -135,6 +135,18 @@ def test_check_internals_fails_when_aioice_changes(monkeypatch: pytest.MonkeyPat
     monkeypatch.undo()
     monkeypatch.setattr(aioice, "__version__", "0.14.0")
     with pytest.raises(TapError, match=r"aioice 0\.14\.0"):
+        check_internals()
+
+
+def test_check_internals_fails_when_aiortc_stops_routing_rtp_as_the_lane_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # _ArrivingRtp decrypts, parses and routes a publisher's RTP as the DTLS task does.
+    async def handle_rtp_data(self: object, data: bytes, arrival_time_ms: int) -> None:
+        pass
+
+    monkeypatch.setattr(RTCDtlsTransport, "_handle_rtp_data", handle_rtp_data)
+    with pytest.raises(TapError, match="route_rtp"):
         check_internals()
 
 
@@ -783,6 +795,168 @@ async def test_a_reference_time_on_a_closed_connection_is_dropped_quietly(
     wire.receive(wire.protect(reference_time_report(1, 1, 2)))
     await wire.settled()
     assert "failed" not in caplog.text
+
+
+# -- a publisher's RTP, handled where it arrives ------------------------------------------------
+
+
+class ArrivalSink:
+    """A tap's sink called where packets arrive: records them, and returns what `wait` holds."""
+
+    def __init__(self) -> None:
+        self.packets: list[tuple[int, bool]] = []
+        self.waited: list[int] = []
+        self.wait = False
+        self.fail_at: int | None = None
+
+    def __call__(
+        self, packet: RtpPacket, codec: RTCRtpCodecParameters, retransmitted: bool
+    ) -> Awaitable[None] | None:
+        if packet.sequence_number == self.fail_at:
+            raise RuntimeError("a bug in the sink")
+        self.packets.append((packet.sequence_number, retransmitted))
+        return self._later(packet.sequence_number) if self.wait else None
+
+    async def _later(self, seq: int) -> None:
+        self.waited.append(seq)
+
+
+@pytest.fixture
+async def arriving(
+    wire: SubscriberWire,
+) -> AsyncIterator[tuple[RTCRtpReceiver, ArrivalSink]]:
+    """A tapped receiver (at_arrival) on the wire's connected transport, started as aiortc
+    starts it (registered with the transport's RTP router)."""
+    receiver = make_receiver(wire.dtls)
+    sink = ArrivalSink()
+    disable_decoding(receiver, sink, at_arrival=True)
+    await receiver.receive(receive_parameters())
+    yield receiver, sink
+    await receiver.stop()
+
+
+def publisher_rtp(wire: SubscriberWire, seq: int, ssrc: int = MEDIA_SSRC) -> bytes:
+    packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=seq, ssrc=ssrc)
+    packet.payload = b"\x10\x9c\x01\x02"
+    return wire.subscriber.protect(packet.serialize())
+
+
+async def arriving_settled(wire: SubscriberWire) -> None:
+    await asyncio.gather(*list(wire.dtls._giaoban_arriving_rtp._tasks))
+
+
+async def test_publisher_rtp_is_forwarded_where_it_arrives(
+    wire: SubscriberWire, arriving: tuple[RTCRtpReceiver, ArrivalSink]
+) -> None:
+    receiver, sink = arriving
+    # The first packet comes through aiortc's DTLS task: it shows which transport carries them.
+    await receiver._handle_rtp_packet(media_packet(1), arrival_time_ms=0)
+    assert sink.packets == [(1, False)]
+    counted = wire.dtls._RTCDtlsTransport__rx_packets
+    wire.receive(publisher_rtp(wire, 2))
+    wire.receive(publisher_rtp(wire, 3))
+    # No await in between: handled inside the datagram handler, nothing queued for aiortc.
+    assert sink.packets == [(1, False), (2, False), (3, False)]
+    assert wire.queued == []
+    assert wire.dtls._RTCDtlsTransport__rx_packets == counted + 2  # its statistics still count
+    stats = receiver._RTCRtpReceiver__remote_streams
+    assert stats[MEDIA_SSRC].packets_received == 3  # and its receiver reports see them
+
+
+async def test_rtx_arriving_is_unwrapped_where_it_arrives(
+    wire: SubscriberWire, arriving: tuple[RTCRtpReceiver, ArrivalSink]
+) -> None:
+    receiver, sink = arriving
+    aiortc_tap.take_arriving_rtp(receiver)
+    rtx = wrap_rtx(media_packet(500), payload_type=97, sequence_number=7, ssrc=RTX_SSRC)
+    wire.receive(wire.subscriber.protect(rtx.serialize()))
+    assert sink.packets == [(500, True)]
+
+
+async def test_what_is_not_publisher_rtp_takes_aioices_queue(
+    wire: SubscriberWire, arriving: tuple[RTCRtpReceiver, ArrivalSink]
+) -> None:
+    receiver, sink = arriving
+    aiortc_tap.take_arriving_rtp(receiver)
+    report = wire.protect(bytes(RtcpRrPacket(ssrc=MEDIA_SSRC, reports=[])))
+    dtls_record = bytes([22, 0xFE, 0xFD]) + bytes(30)
+    for datagram in (report, dtls_record, b"\x80" + bytes(5)):
+        wire.receive(datagram)
+    assert wire.queued == [report, dtls_record, b"\x80" + bytes(5)]
+    wire.dtls._set_state(DtlsState.CLOSED)  # SRTP on a transport that is not connected
+    rtp = publisher_rtp(wire, 1)
+    wire.receive(rtp)
+    assert wire.queued == [rtp] and sink.packets == []
+
+
+async def test_publisher_rtp_that_does_not_authenticate_or_route_is_dropped(
+    wire: SubscriberWire, arriving: tuple[RTCRtpReceiver, ArrivalSink]
+) -> None:
+    receiver, sink = arriving
+    aiortc_tap.take_arriving_rtp(receiver)
+    policy = pylibsrtp.Policy
+    stranger = pylibsrtp.Session(policy(key=bytes(30), ssrc_type=policy.SSRC_ANY_OUTBOUND))
+    wire.receive(stranger.protect(media_packet(1).serialize()))
+    unknown = RtpPacket(payload_type=111, sequence_number=2, ssrc=4444, payload=b"x")
+    wire.receive(wire.subscriber.protect(unknown.serialize()))  # no receiver takes it
+    assert (sink.packets, wire.queued) == ([], [])
+
+
+async def test_a_failing_sink_loses_one_packet_not_the_connection(
+    wire: SubscriberWire,
+    arriving: tuple[RTCRtpReceiver, ArrivalSink],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    receiver, sink = arriving
+    aiortc_tap.take_arriving_rtp(receiver)
+    sink.fail_at = 2
+    for seq in (1, 2, 3):
+        wire.receive(publisher_rtp(wire, seq))  # would close aioice's socket if it raised
+    assert sink.packets == [(1, False), (3, False)]
+    assert "forwarding a received packet failed" in caplog.text
+
+
+async def test_what_must_wait_runs_after_in_order(
+    wire: SubscriberWire,
+    arriving: tuple[RTCRtpReceiver, ArrivalSink],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    receiver, sink = arriving
+    aiortc_tap.take_arriving_rtp(receiver)
+    nacks: list[tuple[int, list[int]]] = []
+
+    async def record_nack(media_ssrc: int, lost: list[int]) -> None:
+        nacks.append((media_ssrc, lost))
+
+    monkeypatch.setattr(receiver, "_send_rtcp_nack", record_nack)
+    sink.wait = True
+    for seq in (100, 101, 104):
+        wire.receive(publisher_rtp(wire, seq))
+    assert [seq for seq, _ in sink.packets] == [100, 101, 104] and nacks == []
+    await arriving_settled(wire)
+    assert nacks == [(MEDIA_SSRC, [102, 103])]  # the gap is still asked for
+    assert sink.waited == [100, 101, 104]
+
+
+async def test_an_untapped_receiver_on_the_lane_gets_its_packets_from_aiortc(
+    wire: SubscriberWire, arriving: tuple[RTCRtpReceiver, ArrivalSink]
+) -> None:
+    receiver, sink = arriving
+    aiortc_tap.take_arriving_rtp(receiver)
+    other = make_receiver(wire.dtls)
+    other_sink = Sink()
+    disable_decoding(other, other_sink)  # awaited in aiortc's task, not at arrival
+    parameters = receive_parameters()
+    parameters.encodings[0].ssrc, parameters.muxId = 3333, "1"
+    parameters.encodings[0].rtx = None
+    await other.receive(parameters)
+    try:
+        wire.receive(publisher_rtp(wire, 9, ssrc=3333))
+        await arriving_settled(wire)
+        assert [p.sequence_number for p, _, _ in other_sink.packets] == [9]
+        assert sink.packets == []
+    finally:
+        await other.stop()
 
 
 # -- datagrams that cannot be STUN ---------------------------------------------------------------
