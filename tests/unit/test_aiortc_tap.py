@@ -138,6 +138,20 @@ def test_check_internals_fails_when_aioice_changes(monkeypatch: pytest.MonkeyPat
         check_internals()
 
 
+def test_check_internals_fails_when_asyncio_stops_receiving_max_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # StunProtocol's transports receive into a 64 KiB buffer through max_size.
+    def read_ready(self: object) -> None:
+        pass
+
+    monkeypatch.setattr(
+        asyncio.selector_events._SelectorDatagramTransport, "_read_ready", read_ready
+    )
+    with pytest.raises(TapError, match="max_size"):
+        check_internals()
+
+
 def test_check_internals_fails_when_aiortc_stops_routing_rtp_as_the_lane_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1000,3 +1014,32 @@ async def test_media_datagrams_are_handed_on_without_a_stun_parse(
     protocol.datagram_received(request, ("127.0.0.1", 5000))
     assert parsed == [request] and len(receiver.requests) == 1
     assert receiver.data == [rtp, dtls_record]
+
+
+async def test_ice_sockets_receive_the_largest_datagram_whole_into_64_kib() -> None:
+    # asyncio's 256 KiB receive buffer cost ten times a 64 KiB one per datagram; no UDP
+    # datagram is larger than 65,507 bytes of payload over IPv4, so none is cut short.
+    loop = asyncio.get_running_loop()
+    receiver = IceReceiver()
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: StunProtocol(receiver),  # type: ignore[arg-type]
+        local_addr=("127.0.0.1", 0),
+    )
+    sender, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=transport.get_extra_info("sockname")
+    )
+    try:
+        protocol.local_candidate = Candidate("1", 1, "udp", 1, "127.0.0.1", 9, "host")
+        assert transport.max_size == aiortc_tap.UDP_RECEIVE_SIZE == 65536
+        largest = bytes([0x80]) + bytes(range(256)) * 255 + bytes(65507 - 1 - 256 * 255)
+        arrived = asyncio.Event()
+        receiver.data_received = lambda data, component: (  # type: ignore[method-assign]
+            receiver.data.append(data),
+            arrived.set(),
+        )
+        sender.sendto(largest)
+        await asyncio.wait_for(arrived.wait(), 5)
+        assert receiver.data == [largest]
+    finally:
+        sender.close()
+        transport.close()
