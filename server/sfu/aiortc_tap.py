@@ -191,11 +191,31 @@ _SRTP_ROOM = 1500 - pylibsrtp.SRTP_MAX_TRAILER_LEN
 _SRTP_ERRORS = pylibsrtp.ERRORS
 
 
+def _unprotect(function: Callable[..., int], session: pylibsrtp.Session, data: bytes) -> bytes:
+    """Session.unprotect (or unprotect_rtcp, as `function` says) through libsrtp directly,
+    in the buffer send_now uses: without its per-call allocation and checks, a quarter (RTP)
+    to a third (RTCP) less CPU here."""
+    size = len(data)
+    if size > 1500:
+        raise pylibsrtp.Error("packet is too long")
+    _SRTP_LEN[0] = size
+    _SRTP_BUFFER[0:size] = data
+    status = function(session._srtp[0], _SRTP_DATA, _SRTP_LEN)  # type: ignore[attr-defined]
+    if status:
+        raise pylibsrtp.Error(_SRTP_ERRORS[status])
+    return _SRTP_BUFFER[0 : _SRTP_LEN[0]]
+
+
+_srtp_unprotect = _srtp_lib.srtp_unprotect
+_srtp_unprotect_rtcp = _srtp_lib.srtp_unprotect_rtcp
+
+
 def _check_srtp() -> None:
-    """Raise TapError unless protecting through libsrtp directly (srtp_protect, and
-    srtp_protect_rtcp for the C loop's sender reports) matches Session.protect(_rtcp)."""
+    """Raise TapError unless protecting and unprotecting through libsrtp directly (send_now,
+    the C loop's packets and sender reports, the lanes' _unprotect) matches pylibsrtp's
+    Session."""
     signature = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
-    for name in ("srtp_protect", "srtp_protect_rtcp"):
+    for name in ("srtp_protect", "srtp_protect_rtcp", "srtp_unprotect", "srtp_unprotect_rtcp"):
         if _srtp_ffi.getctype(_srtp_ffi.typeof(getattr(_srtp_lib, name))) != signature:
             raise TapError(f"pylibsrtp's {name} is not libsrtp 2's")
     key = bytes(range(30))
@@ -216,6 +236,14 @@ def _check_srtp() -> None:
             _srtp_ffi.buffer(data)[0 : length[0]] != expected
         ):
             raise TapError(f"protecting through libsrtp's {name} differs from Session.{method}")
+        inbound = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND)
+        function = getattr(_srtp_lib, name.replace("protect", "unprotect"))
+        try:
+            opened = _unprotect(function, pylibsrtp.Session(inbound), expected)
+        except pylibsrtp.Error as exc:
+            raise TapError(f"unprotecting through libsrtp fails: {exc}") from exc
+        if opened != packet:
+            raise TapError(f"unprotecting through libsrtp's {name} does not give the packet back")
 
 
 check_internals()
@@ -779,7 +807,7 @@ class _SubscriberRtcp:
         _count_received(dtls, data)
         arrived = time.monotonic()
         try:
-            compound = srtp.unprotect_rtcp(data)
+            compound = _unprotect(_srtp_unprotect_rtcp, srtp, data)
         except pylibsrtp.Error:
             return  # as aiortc does: a datagram that does not authenticate is dropped
         read = rtcp_feedback.read_subscriber_rtcp(compound)
@@ -865,7 +893,9 @@ class _ArrivingRtp:
         _count_received(dtls, data)
         arrival_time_ms = clock.current_ms()
         try:
-            packet = RtpPacket.parse(srtp.unprotect(data), dtls._rtp_header_extensions_map)
+            packet = RtpPacket.parse(
+                _unprotect(_srtp_unprotect, srtp, data), dtls._rtp_header_extensions_map
+            )
         except (pylibsrtp.Error, ValueError):
             return  # as aiortc does: a packet that does not authenticate or parse is dropped
         receiver = dtls._rtp_router.route_rtp(packet)  # type: ignore[attr-defined]
