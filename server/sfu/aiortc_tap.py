@@ -267,8 +267,8 @@ _datagram_received.__wrapped__ = _stun_datagram_received  # type: ignore[attr-de
 StunProtocol.datagram_received = _datagram_received  # type: ignore[method-assign]
 
 # asyncio receives each datagram into a fresh 256 KiB buffer (max_size): above glibc's mmap
-# threshold, that cost 17 µs per datagram against 1.7 µs for 64 KiB here. No UDP datagram is
-# larger than 65,535 bytes, so a 64 KiB buffer never cuts one short.
+# threshold, so every datagram cost an mmap, an mremap and a munmap, 17 µs against 1.7 µs
+# for 64 KiB here. No UDP datagram is larger than 65,535 bytes: 64 KiB never cuts one short.
 UDP_RECEIVE_SIZE = 65536
 
 
