@@ -7,16 +7,19 @@ Figures from one forwarding run move with the machine (on a shared virtual machi
 code measured 19.7 and 38.2 µs per packet on one day), so a change is judged by alternating it
 with its base in one session. Each revision is checked out in a temporary git worktree; per
 round, for each revision in turn, its node starts, the publisher and --subscribers subscribers
-(this checkout's clients, the same for both) connect, and --windows windows of --duration
-seconds each print the node's CPU µs per forwarded packet and its CPU divided by the subscriber
-processes' CPU (they do the same work per packet whatever the node runs, so the ratio moves
-less with the machine than µs do). The end prints each revision's means and B against A. Both
-revisions must use the database schema of this checkout (the room is scheduled with its code).
+connect, and --windows windows of --duration seconds each print the node's CPU µs per
+forwarded packet and its CPU divided by the subscriber processes' CPU (they do the same work
+per packet whatever the node runs, so the ratio moves less with the machine than µs do). The
+end prints each revision's means and B against A. The clients are those of this checkout's
+HEAD, the same for both, run (with this script) from a worktree of their own: editing the
+checkout during a run changes nothing. Both revisions must use the database schema of HEAD
+(the room is scheduled with its code).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -113,9 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.subscribers < 2 or args.rounds < 1 or args.windows < 1 or args.duration <= 0:
         parser.error("needs --subscribers ≥ 2, --rounds ≥ 1, --windows ≥ 1, --duration > 0")
 
+    if CLIENTS_ENV not in os.environ:
+        return _from_snapshot(argv if argv is not None else sys.argv[1:])
     print("Giao Ban forwarding A/B")
     print(f"machine: {machine()}")
     print(f"versions: {versions()}")
+    print(f"clients: {os.environ[CLIENTS_ENV]} (a worktree of the checkout's HEAD)")
     print(
         f"{args.subscribers} subscribers; {args.rounds} rounds of A then B, "
         f"{args.windows} × {args.duration:g} s each"
@@ -151,6 +157,32 @@ def main(argv: list[str] | None = None) -> int:
                 capture_output=True,
             )
     return 0
+
+
+CLIENTS_ENV = "GIAOBAN_AB_CLIENTS"
+
+
+def _from_snapshot(argv: list[str]) -> int:
+    """Run this A/B again from a worktree of HEAD: its clients (and this script) are then the
+    same for the whole run, whatever happens to the checkout meanwhile."""
+    root = Path(tempfile.mkdtemp(prefix="giaoban-ab-clients-"))
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    clients = worktree(head, root)
+    try:
+        script = clients / "bench" / Path(__file__).name
+        env = {**os.environ, CLIENTS_ENV: head}
+        return subprocess.run([sys.executable, str(script), *argv], env=env, check=False).returncode
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(clients)],
+            check=False,
+            capture_output=True,
+        )
 
 
 if __name__ == "__main__":
