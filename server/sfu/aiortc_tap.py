@@ -745,23 +745,54 @@ class ForwardingSender(fanout.Path):  # type: ignore[misc,valid-type]
         if report is not None:
             await self.sender.transport._send_rtp(report)  # SRTCP by its packet type
 
+    def resend_now(self, data: bytes) -> bool:
+        """Retransmit a packet from history at once, wrapped as RTX when the subscriber
+        negotiated it, protected and written to its socket as send_now writes packets. False:
+        no direct path (TURN), use resend. Raises ConnectionError when the connection is not up.
+
+        aiortc's path (resend) costs four nested coroutines and a second SRTP copy per
+        retransmission: on a lossy link that is a few per cent of the packets."""
+        params = self.parameters
+        if params is None:
+            return True  # not started: nothing was sent, nothing to resend
+        if (
+            not self._connected or self._udp is None or self._unchecked >= self.PATH_CHECK_PACKETS
+        ) and self._find_path():
+            return False
+        self._unchecked += 1
+        data = self._as_retransmission(data, params)
+        if len(data) > _SRTP_ROOM:
+            raise ValueError("packet is too long")
+        _SRTP_LEN[0] = len(data)
+        _SRTP_BUFFER[0 : len(data)] = data
+        status = _srtp_protect(self._srtp_context, _SRTP_DATA, _SRTP_LEN)
+        if status:
+            raise pylibsrtp.Error(_SRTP_ERRORS[status])
+        backlog = self._udp.get_write_buffer_size()  # type: ignore[union-attr]
+        self._send_datagram(_SRTP_BUFFER[0 : _SRTP_LEN[0]], backlog)
+        return True
+
     async def resend(self, data: bytes) -> None:
-        """Retransmit a packet from history, wrapped as RTX when the subscriber negotiated it."""
+        """Retransmit a packet from history through aiortc's path (where resend_now cannot)."""
         params = self.parameters
         if params is None:
             return
+        await self.sender.transport._send_rtp(self._as_retransmission(data, params))
+
+    def _as_retransmission(self, data: bytes, params: SendParameters) -> bytes:
+        """`data` wrapped as RTX (RFC 4588) when the subscriber negotiated RTX for its codec."""
         packet = RtpPacket.parse(data, params.header_extensions)
         rtx_pt = params.rtx_payload_types.get(packet.payload_type)
-        if rtx_pt is not None:
-            packet = wrap_rtx(
-                packet,
-                payload_type=rtx_pt,
-                sequence_number=self._rtx_seq,
-                ssrc=self.sender._rtx_ssrc,
-            )
-            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-            data = packet.serialize(params.header_extensions)
-        await self.sender.transport._send_rtp(data)
+        if rtx_pt is None:
+            return data
+        packet = wrap_rtx(
+            packet,
+            payload_type=rtx_pt,
+            sequence_number=self._rtx_seq,
+            ssrc=self.sender._rtx_ssrc,
+        )
+        self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        return packet.serialize(params.header_extensions)
 
 
 class _SubscriberRtcp:

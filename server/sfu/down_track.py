@@ -193,7 +193,8 @@ class DownTrack(fanout.Leg):  # type: ignore[misc,valid-type]
             if isinstance(sent, tuple):
                 header, rest = sent
                 try:
-                    await self._forwarder.resend(header + rest)
+                    if not self._forwarder.resend_now(header + rest):
+                        await self._forwarder.resend(header + rest)  # TURN: aiortc's path
                 except ConnectionError:
                     return
                 self._stats.retransmitted_packets += 1

@@ -27,6 +27,7 @@ from aiortc.rtp import (
     RtcpPacket,
     RtcpSdesPacket,
     RtcpSrPacket,
+    RtpPacket,
 )
 
 from server.sfu.aiortc_tap import ForwardingSender, SenderFeedback, SendParameters
@@ -63,6 +64,13 @@ class RecordingForwarder:
     ) -> bool:
         self.sent.append(header + tail)
         return True
+
+    direct: bool = True  # resend_now has a direct path (else: aiortc's, resend)
+
+    def resend_now(self, data: bytes) -> bool:
+        if self.direct:
+            self.resent.append(data)
+        return self.direct
 
     async def resend(self, data: bytes) -> None:
         self.resent.append(data)
@@ -375,3 +383,66 @@ async def test_send_now_follows_the_nominated_pair_and_connection_state(path: Pa
             send(path.forwarder, packet(301))
     finally:
         other.close()
+
+
+# -- ForwardingSender.resend_now ----------------------------------------------------------------
+
+
+VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+VP8_RTX = RTCRtpCodecParameters(
+    mimeType="video/rtx", clockRate=90000, payloadType=97, parameters={"apt": 96}
+)
+
+
+def started(forwarder: ForwardingSender, rtx: dict[int, int]) -> None:
+    """As if aiortc had started the sender with these codecs (no header extensions)."""
+    forwarder.parameters = SendParameters(
+        codecs=[VP8, VP8_RTX] if rtx else [VP8],
+        header_extensions=HeaderExtensionsMap(),
+        extension_ids=ExtensionIds(0, 0, 0),
+        mid="0",
+        rtx_payload_types=rtx,
+    )
+
+
+async def test_resend_now_sends_the_packet_again_at_once(path: Path) -> None:
+    assert path.forwarder.resend_now(packet(5)) is True  # not started: nothing to resend
+    assert path.peer_datagrams() == []
+    started(path.forwarder, {})
+    data = [packet(7), packet(8, 1100)]
+    assert all(path.forwarder.resend_now(d) for d in data)
+    assert path.received() == data  # protected as send_now protects
+    # A retransmission is not a new packet: the sender reports' counts stay.
+    assert path.sender._RTCRtpSender__packet_count == 0
+
+
+async def test_resend_now_wraps_as_rtx_when_negotiated(path: Path) -> None:
+    started(path.forwarder, {96: 97})
+    original = packet(4000, 300)
+    assert path.forwarder.resend_now(original) and path.forwarder.resend_now(original)
+    first, second = (RtpPacket.parse(d) for d in path.received())
+    expected = RtpPacket.parse(original)
+    assert (first.payload_type, first.ssrc) == (97, path.sender._rtx_ssrc)
+    assert first.payload[:2] == (4000).to_bytes(2, "big")  # the original sequence number
+    assert first.payload[2:] == expected.payload
+    assert first.timestamp == expected.timestamp
+    assert (second.sequence_number - first.sequence_number) % 65536 == 1
+
+
+async def test_resend_now_leaves_turn_to_aiortc_and_refuses_when_down(path: Path) -> None:
+    started(path.forwarder, {})
+    nominated = path.dtls.transport._connection._nominated
+    nominated[1] = SimpleNamespace(protocol=object(), remote_addr=nominated[1].remote_addr)
+    assert path.forwarder.resend_now(packet(1)) is False  # a TURN path: resend's job
+    assert path.peer_datagrams() == []
+    nominated.clear()
+    with pytest.raises(ConnectionError):
+        path.forwarder.resend_now(packet(2))
+
+
+async def test_a_nack_over_turn_is_answered_through_aiortcs_path() -> None:
+    down, forwarder, _ = started_down_track()
+    down.forward(outgoing(40))
+    forwarder.direct = False
+    await down.answer_nack([int.from_bytes(forwarder.sent[0][2:4], "big")])
+    assert forwarder.resent == forwarder.sent
