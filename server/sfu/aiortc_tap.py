@@ -360,7 +360,7 @@ def disable_decoding(
                 ]
         codec = codecs.get(packet.payload_type)
         if codec is None:
-            return None if sends is None else _in_order(sends)
+            return None if sends is None else in_order(sends)
         stream = streams.get(packet.ssrc)
         if stream is None:
             stream = streams[packet.ssrc] = statistics_class(codec.clockRate)
@@ -376,7 +376,7 @@ def disable_decoding(
                 or not isinstance(apt, int)
                 or apt not in codecs
             ):
-                return None if sends is None else _in_order(sends)
+                return None if sends is None else in_order(sends)
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
             codec = codecs[apt]
             retransmitted = True
@@ -395,7 +395,7 @@ def disable_decoding(
             return pending
         if pending is not None:
             sends.append(pending)
-        return _in_order(sends)
+        return in_order(sends)
 
     async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
         # aiortc's receive task: every packet without at_arrival, else those that came before
@@ -411,7 +411,8 @@ def disable_decoding(
         receiver._giaoban_receive = receive  # type: ignore[attr-defined]
 
 
-async def _in_order(work: list[Awaitable[None]]) -> None:
+async def in_order(work: list[Awaitable[None]]) -> None:
+    """Await each of `work` in turn: what a packet sink returns when several things must wait."""
     for step in work:
         await step
 
@@ -795,7 +796,29 @@ class ForwardingSender(fanout.Path):  # type: ignore[misc,valid-type]
         return packet.serialize(params.header_extensions)
 
 
-class _SubscriberRtcp:
+class _Lane:
+    """Datagrams of one DTLS transport taken where aioice receives them (a subclass says
+    which), the rest handed on to `deliver`; work that has to wait runs in held tasks."""
+
+    failure = "handling a received datagram failed"
+
+    def __init__(self, dtls: RTCDtlsTransport, deliver: Callable[[bytes, int], None]) -> None:
+        self.dtls = dtls
+        self.deliver = deliver  # the connection's data_received before this lane: aioice's queue
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(self.failure, exc_info=task.exception())
+
+
+class _SubscriberRtcp(_Lane):
     """The RTCP a subscriber sends on its down connection, read as it arrives.
 
     aioice hands every datagram to a queue that aiortc's DTLS transport drains in a task, which
@@ -808,12 +831,12 @@ class _SubscriberRtcp:
     connected transport takes aioice's queue, as it would without this.
     """
 
+    failure = "subscriber RTCP handling failed"
+
     def __init__(self, dtls: RTCDtlsTransport, deliver: Callable[[bytes, int], None]) -> None:
-        self.dtls = dtls
-        self.deliver = deliver  # aioice's own data_received: the queue aiortc reads
+        super().__init__(dtls, deliver)
         self.dlrr_ssrc = 0
         self.dlrr_video = False
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def answer_from(self, sender_ssrc: int, video: bool) -> None:
         """DLRRs come from one of the transport's senders, a video one's when there is one:
@@ -866,16 +889,6 @@ class _SubscriberRtcp:
         except ConnectionError:
             pass
 
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("subscriber RTCP handling failed", exc_info=task.exception())
-
 
 def take_subscriber_rtcp(dtls: RTCDtlsTransport, sender_ssrc: int, video: bool) -> None:
     """Read the RTCP arriving on a down connection's `dtls` as it arrives (_SubscriberRtcp),
@@ -891,7 +904,7 @@ def take_subscriber_rtcp(dtls: RTCDtlsTransport, sender_ssrc: int, video: bool) 
     lane.answer_from(sender_ssrc, video)
 
 
-class _ArrivingRtp:
+class _ArrivingRtp(_Lane):
     """RTP arriving on a connection the node receives media on, handled where it arrives.
 
     Through aioice's queue each packet woke aiortc's DTLS task on the next turn of the event
@@ -903,10 +916,7 @@ class _ArrivingRtp:
     aioice's queue as before.
     """
 
-    def __init__(self, dtls: RTCDtlsTransport, deliver: Callable[[bytes, int], None]) -> None:
-        self.dtls = dtls
-        self.deliver = deliver  # the connection's data_received before this lane
-        self._tasks: set[asyncio.Task[None]] = set()
+    failure = "handling a received packet failed"
 
     def data_received(self, data: bytes, component: int) -> None:
         dtls = self.dtls
@@ -943,14 +953,7 @@ class _ArrivingRtp:
             logger.exception("forwarding a received packet failed")
             return
         if pending is not None:
-            task = asyncio.ensure_future(pending)
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("handling a received packet failed", exc_info=task.exception())
+            self._spawn(pending)
 
 
 def take_arriving_rtp(receiver: RTCRtpReceiver) -> None:

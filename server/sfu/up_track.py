@@ -132,7 +132,8 @@ class UpTrack:
             now=time.monotonic(),
         )
         slow = fanout.forward(self.down_tracks, out)
-        return None if slow is None else _in_turn(slow)
+        # Subscribers over TURN: through aiortc's own path, in turn.
+        return None if slow is None else aiortc_tap.in_order(slow)
 
     def attach(self, down: DownTrack) -> None:
         self.down_tracks.append(down)
@@ -198,8 +199,3 @@ class UpTrack:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-async def _in_turn(pending: list[Awaitable[None]]) -> None:
-    for forward in pending:  # subscribers over TURN, through aiortc's own path
-        await forward

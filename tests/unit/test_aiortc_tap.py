@@ -380,16 +380,24 @@ async def test_disabled_receiver_drops_packets(tapped: tuple[RTCRtpReceiver, Sin
     assert sink.packets == []
 
 
-async def test_gaps_still_produce_nacks(
-    tapped: tuple[RTCRtpReceiver, Sink], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    receiver, sink = tapped
+def record_nacks(
+    receiver: RTCRtpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[int, list[int]]]:
+    """The NACKs `receiver` sends, as (media SSRC, lost sequence numbers)."""
     nacks: list[tuple[int, list[int]]] = []
 
     async def record_nack(media_ssrc: int, lost: list[int]) -> None:
         nacks.append((media_ssrc, lost))
 
     monkeypatch.setattr(receiver, "_send_rtcp_nack", record_nack)
+    return nacks
+
+
+async def test_gaps_still_produce_nacks(
+    tapped: tuple[RTCRtpReceiver, Sink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver, sink = tapped
+    nacks = record_nacks(receiver, monkeypatch)
     for seq in (100, 101, 104):
         await receiver._handle_rtp_packet(media_packet(seq), arrival_time_ms=0)
     assert nacks == [(MEDIA_SSRC, [102, 103])]
@@ -400,12 +408,7 @@ async def test_a_missing_packet_is_nacked_again_until_it_arrives(
     tapped: tuple[RTCRtpReceiver, Sink], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     receiver, _sink = tapped
-    nacks: list[tuple[int, list[int]]] = []
-
-    async def record_nack(media_ssrc: int, lost: list[int]) -> None:
-        nacks.append((media_ssrc, lost))
-
-    monkeypatch.setattr(receiver, "_send_rtcp_nack", record_nack)
+    nacks = record_nacks(receiver, monkeypatch)
     step = aiortc_tap.RENACK_INTERVAL_MS
     await receiver._handle_rtp_packet(media_packet(100), arrival_time_ms=1000)
     await receiver._handle_rtp_packet(media_packet(102), arrival_time_ms=1000)  # 101 lost
@@ -937,12 +940,7 @@ async def test_what_must_wait_runs_after_in_order(
 ) -> None:
     receiver, sink = arriving
     aiortc_tap.take_arriving_rtp(receiver)
-    nacks: list[tuple[int, list[int]]] = []
-
-    async def record_nack(media_ssrc: int, lost: list[int]) -> None:
-        nacks.append((media_ssrc, lost))
-
-    monkeypatch.setattr(receiver, "_send_rtcp_nack", record_nack)
+    nacks = record_nacks(receiver, monkeypatch)
     sink.wait = True
     for seq in (100, 101, 104):
         wire.receive(publisher_rtp(wire, seq))
