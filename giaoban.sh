@@ -157,9 +157,9 @@ install_python_packages() { # $1: serve | test
     # Reinstall only when pyproject.toml or the interpreter changed since the last install.
     local pyver stamp_serve stamp_test want_serve want_test
     pyver=$("$VENV/bin/python" -VV)
-    # (and when the C forwarding loop's source changed: the install builds it)
+    # (and when the C sources changed: the install builds them)
     local sources
-    sources=$(hash_of pyproject.toml server/sfu/_fanout.c)
+    sources=$(hash_of pyproject.toml server/sfu/_fanout.c server/sfu/_rtcp_reader.c)
     want_serve=$(printf '%s\nserve\n%s\n' "$pyver" "$sources" | sha256sum)
     want_test=$(printf '%s\ntest\n%s\n' "$pyver" "$sources" | sha256sum)
     stamp_serve="$VENV/.giaoban-serve.sha256"
@@ -180,9 +180,9 @@ install_python_packages() { # $1: serve | test
             printf '%s\n' "$want_serve" >"$stamp_serve"
         fi
     fi
-    "$VENV/bin/python" -c 'import server.sfu._fanout' >/dev/null 2>&1 ||
-        say "warning: the forwarding loop in C was not built (no C compiler or Python headers?):
-    the node forwards media with the Python loop, which costs more CPU per subscriber"
+    "$VENV/bin/python" -c 'import server.sfu._fanout, server.sfu._rtcp_reader' >/dev/null 2>&1 ||
+        say "warning: the forwarding loop and RTCP reader in C were not built (no C compiler or
+    Python headers?): the node forwards media in Python, which costs more CPU per subscriber"
 }
 
 # ---------------------------------------------------------------- web packages

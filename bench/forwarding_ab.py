@@ -51,8 +51,8 @@ def worktree(revision: str, root: Path) -> Path:
     modules = REPO / "web" / "node_modules"
     if modules.is_dir() and not (path / "web" / "node_modules").exists():
         (path / "web" / "node_modules").symlink_to(modules)
-    if (path / "server" / "sfu" / "_fanout.c").exists():
-        # The revision's C forwarding loop, built in place as `pip install -e .` builds it.
+    if any((path / "server" / "sfu").glob("_*.c")):
+        # The revision's C modules, built in place as `pip install -e .` builds them.
         subprocess.run(
             [sys.executable, "-c", BUILD_IN_PLACE],
             cwd=path,
@@ -63,8 +63,11 @@ def worktree(revision: str, root: Path) -> Path:
 
 
 BUILD_IN_PLACE = """
+from pathlib import Path
 from setuptools import Distribution, Extension
-dist = Distribution({"ext_modules": [Extension("server.sfu._fanout", ["server/sfu/_fanout.c"])]})
+sources = sorted(Path("server/sfu").glob("_*.c"))
+modules = [Extension("server.sfu." + source.stem, [str(source)]) for source in sources]
+dist = Distribution({"ext_modules": modules})
 build = dist.get_command_obj("build_ext")
 build.inplace = True
 dist.run_command("build_ext")

@@ -30,10 +30,15 @@ import logging
 import random
 import time
 import weakref
-from asyncio.selector_events import _SelectorDatagramTransport, _SelectorTransport
+from asyncio.selector_events import (
+    BaseSelectorEventLoop,
+    _SelectorDatagramTransport,
+    _SelectorTransport,
+)
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from struct import Struct
+from typing import Any
 
 import aioice
 import aiortc
@@ -69,6 +74,15 @@ from pylibsrtp._binding import lib as _srtp_lib
 
 from server.sfu import fanout, rtcp_feedback, rtcp_xr
 from server.sfu.rtp_header import ExtensionIds
+
+# A subscriber's RTCP read in C (_rtcp_reader.c), with the forwarding loop in C: both are
+# built at install, and GIAOBAN_FORWARDING_LOOP=python turns both off.
+_rtcp_reader: Any = None
+if fanout.NATIVE:
+    try:
+        from server.sfu import _rtcp_reader
+    except ImportError:  # not built
+        _rtcp_reader = None
 
 SUPPORTED_AIORTC = "1.16.0"
 SUPPORTED_AIOICE = "0.13.0"
@@ -146,6 +160,16 @@ def check_internals() -> None:
         "_buffer_size" not in _SelectorDatagramTransport.get_write_buffer_size.__code__.co_names
     ):
         raise TapError("asyncio's datagram transports no longer keep _closing and _buffer_size")
+    # A C Reader takes the place of the transport's reader callback, doing what it does:
+    # recvfrom, then datagram_received, or error_received on an OSError.
+    read_ready = _SelectorDatagramTransport._read_ready.__code__.co_names
+    for name in ("recvfrom", "datagram_received", "error_received"):
+        if name not in read_ready:
+            raise TapError(f"asyncio's datagram transports no longer read with {name!r}")
+    if "_sock_fd" not in _SelectorTransport.__init__.__code__.co_names or not hasattr(
+        BaseSelectorEventLoop, "_add_reader"
+    ):
+        raise TapError("asyncio's selector loop no longer reads a transport's _sock_fd")
     _check_srtp()
     _check_aioice()
 
@@ -837,6 +861,9 @@ class _SubscriberRtcp(_Lane):
         super().__init__(dtls, deliver)
         self.dlrr_ssrc = 0
         self.dlrr_video = False
+        # The C Reader on the nominated pair's socket (_rtcp_reader.c), False where none is
+        # used (not built, the Python loop chosen, a pair through TURN), None until looked at.
+        self.reader: object = None if _rtcp_reader is not None else False
 
     def answer_from(self, sender_ssrc: int, video: bool) -> None:
         """DLRRs come from one of the transport's senders, a video one's when there is one:
@@ -864,6 +891,13 @@ class _SubscriberRtcp(_Lane):
             compound = _unprotect(_srtp_unprotect_rtcp, srtp, data)
         except pylibsrtp.Error:
             return  # as aiortc does: a datagram that does not authenticate is dropped
+        self.read_compound(compound, arrived)
+        if self.reader is None:
+            self._read_in_c()
+
+    def read_compound(self, compound: bytes, arrived: float) -> None:
+        """Act on a decrypted compound that arrived at `arrived` (time.monotonic())."""
+        dtls = self.dtls
         read = rtcp_feedback.read_subscriber_rtcp(compound)
         for receiver_ssrc, last_rr in read.reference_times.items():
             self._spawn(self._answer_reference_time(receiver_ssrc, last_rr, arrived))
@@ -877,6 +911,38 @@ class _SubscriberRtcp(_Lane):
                 forwarding = getattr(senders.get(ssrc), "_giaoban_forwarding", None)
                 if forwarding is not None:
                     forwarding.bitrate_estimated(bitrate)
+
+    def _read_in_c(self) -> None:
+        """Have a C Reader read the nominated pair's socket from now on (_rtcp_reader.c):
+        the subscriber's reports end there, the rest comes back here (read_compound) or goes
+        to aioice's protocol as asyncio's transport would hand it. Only for a pair on a plain
+        UDP socket of asyncio's selector loop; the Reader stops decrypting when the transport
+        leaves the connected state, and is gone with the socket's transport."""
+        dtls = self.dtls
+        pair = dtls.transport._connection._nominated.get(1)  # type: ignore[attr-defined]
+        if pair is None:
+            return  # not nominated yet: look again with the next datagram
+        self.reader = False
+        protocol = pair.protocol
+        udp = getattr(protocol, "transport", None)
+        if (
+            type(protocol) is not StunProtocol
+            or type(udp) is not _SelectorDatagramTransport
+            or udp.is_closing()
+            or not isinstance(udp._loop, BaseSelectorEventLoop)
+        ):
+            return
+        srtp = dtls._rx_srtp  # type: ignore[attr-defined]
+        reader = _rtcp_reader.Reader(protocol, udp._sock_fd, dtls, self.read_compound)
+        reader.set_srtp(srtp, int(_srtp_ffi.cast("uintptr_t", srtp._srtp[0])))
+
+        def state_changed() -> None:
+            if dtls._state is not _DTLS_CONNECTED:
+                reader.set_srtp(None, 0)
+
+        dtls.on("statechange", state_changed)
+        udp._loop._add_reader(udp._sock_fd, reader.read_ready)
+        self.reader = reader
 
     async def _answer_reference_time(
         self, receiver_ssrc: int, last_rr: int, arrived: float
@@ -972,6 +1038,19 @@ def _count_received(dtls: RTCDtlsTransport, data: bytes) -> None:
     """aiortc's transport statistics (bytes and packets received) count what the lanes take."""
     dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
     dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+
+
+if _rtcp_reader is not None:
+    _rtcp_reader.configure(
+        int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_unprotect_rtcp")))
+    )
+
+
+def set_receive_filter(drop: Callable[[bytes], bool] | None) -> None:
+    """Loss tests only: `drop` is given each SRTCP datagram a C Reader reads (True drops it);
+    what goes through aioice's protocol is not given to it."""
+    if _rtcp_reader is not None:
+        _rtcp_reader.set_receive_filter(drop)
 
 
 # The C forwarding loop protects with the libsrtp that pylibsrtp links (checked by

@@ -14,6 +14,7 @@ from server.app import ROOMS
 from server.sfu import aiortc_tap
 from tests.support.frames import check_frames
 from tests.support.media import BarcodeVideoTrack, ToneAudioTrack
+from tests.support.wait import eventually
 
 
 def video_of(peer):  # type: ignore[no-untyped-def]
@@ -194,6 +195,37 @@ async def test_node_neither_decodes_nor_encodes(node, peers, monkeypatch):
     assert by_task.get(id(transport), 0) < received / 10, (by_task.get(id(transport)), received)
     decoder_threads = [t for t in threading.enumerate() if t.name.endswith("-decoder")]
     assert len(decoder_threads) == 4, [t.name for t in decoder_threads]  # the subscribers'
+
+
+@pytest.mark.skipif(aiortc_tap._rtcp_reader is None, reason="no RTCP reader in C")
+async def test_a_subscribers_reports_end_in_c(node, peers, monkeypatch):
+    in_python: list[bytes] = []
+    read_compound = aiortc_tap._SubscriberRtcp.read_compound
+
+    def counting_read_compound(self, compound, arrived):  # type: ignore[no-untyped-def]
+        in_python.append(compound)
+        read_compound(self, compound, arrived)
+
+    monkeypatch.setattr(aiortc_tap._SubscriberRtcp, "read_compound", counting_read_compound)
+    publisher, sub = await peers("pub"), await peers("sub")
+    await publisher.join("reports-in-c")
+    await sub.join("reports-in-c")
+    await sub.subscribe()
+    await publisher.publish([BarcodeVideoTrack(), ToneAudioTrack()])
+    room = node.app[ROOMS].by_name["reports-in-c"]
+    (down,) = [p.down for p in room.participants.values() if p.down is not None and p.down.tracks]
+    dtls = down.pc.getTransceivers()[0].sender.transport  # bundled: one for both tracks
+
+    # aiortc's receivers each send a receiver report about once a second: the first goes
+    # through the Python lane, which hands the socket to a C Reader for the rest.
+    def ended_in_c() -> int:
+        lane = getattr(dtls, "_giaoban_subscriber_rtcp", None)
+        return lane.reader.ended if lane is not None and lane.reader else 0
+
+    ended = await eventually(lambda: ended_in_c() >= 3, 15, "three reports ended in C")
+    assert ended
+    reports_in_python = [c for c in in_python if c[1] == 201]  # compounds opening with an RR
+    assert len(reports_in_python) <= 2, "only before the Reader took the socket"
 
 
 async def test_tracks_and_participants_come_and_go(node, peers):

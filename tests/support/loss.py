@@ -2,10 +2,11 @@
 
 Only SRTP/SRTCP datagrams are dropped (first byte 128–191, RFC 7983); ICE and DTLS pass, as
 the connection must come up for there to be media to lose. The node is the only UDP user in a
-browser test's process, so this drops publisher → node on receive (aioice's protocol) and
-node → subscriber on send: at Python's socket.sendto, which aiortc's path (through asyncio's
-transport) and send_now write through, and at the forwarding loop in C, which calls the
-system's sendto itself and so takes a filter (fanout.set_send_filter) for this.
+browser test's process, so this drops publisher → node on receive (aioice's protocol; the
+subscriber's RTCP that a C Reader reads where it arrives, through aiortc_tap.set_receive_filter)
+and node → subscriber on send: at Python's socket.sendto, which aiortc's path (through
+asyncio's transport) and send_now write through, and at the forwarding loop in C, which calls
+the system's sendto itself and so takes a filter (fanout.set_send_filter) for this.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from aioice.ice import StunProtocol
 
-from server.sfu import fanout
+from server.sfu import aiortc_tap, fanout
 
 
 def _is_media(data: bytes) -> bool:
@@ -63,12 +64,21 @@ def packet_loss(rate: float, seed: int = 7) -> Iterator[LossCounters]:
             return len(data)  # as sent, as far as the sender can tell
         return original_sendto(self, data, *args)
 
+    def lost_on_arrival(data: bytes) -> bool:
+        counters.received += 1
+        if rng.random() < rate:
+            counters.dropped_in += 1
+            return True
+        return False
+
     StunProtocol.datagram_received = datagram_received  # type: ignore[method-assign]
     socket.socket.sendto = sendto  # type: ignore[method-assign]
     fanout.set_send_filter(lost)
+    aiortc_tap.set_receive_filter(lost_on_arrival)
     try:
         yield counters
     finally:
         StunProtocol.datagram_received = original_receive  # type: ignore[method-assign]
         socket.socket.sendto = original_sendto  # type: ignore[method-assign]
         fanout.set_send_filter(None)
+        aiortc_tap.set_receive_filter(None)
