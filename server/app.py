@@ -24,7 +24,7 @@ from server.presence import make_presence
 from server.recording_control import RecordingControl
 from server.rooms import Rooms
 from server.secret_key import load_secret_key
-from server.sfu import fanout
+from server.sfu import aiortc_tap, fanout
 from server.sfu.connections import MediaSettings
 from server.sfu.ice import restrict_host_addresses
 from server.sfu.stats import SfuStats
@@ -235,6 +235,11 @@ def make_app(config: Config) -> web.Application:
             log.warning(
                 "the forwarding loop in C is not built (server/sfu/_fanout.c needs a C compiler "
                 "and Python's headers at install): forwarding runs in Python, at more CPU"
+            )
+        elif not aiortc_tap.RTCP_IN_C:
+            log.warning(
+                "the subscribers' RTCP reader in C is not built (server/sfu/_rtcp_reader.c): "
+                "their reports are read in Python, at more CPU"
             )
         log.info("node ready on %s", config.base_url)
         yield

@@ -90,8 +90,9 @@ SETTINGS: dict[str, Setting] = {
     ),
     "forwarding_loop": Setting(
         "GIAOBAN_FORWARDING_LOOP",
-        "c (default: the forwarding loop built at install) or python (the same loop in Python, "
-        "at more CPU per subscriber: for comparison, or should the C one misbehave)",
+        "c (default: the forwarding loop and the subscribers' RTCP reader built at install) or "
+        "python (the same in Python, at more CPU per subscriber: for comparison, or should the "
+        "C one misbehave)",
     ),
     "log_level": Setting("GIAOBAN_LOG_LEVEL", "DEBUG, INFO, WARNING (default INFO)"),
 }

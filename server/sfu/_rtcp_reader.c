@@ -36,8 +36,6 @@
 
 /* No UDP datagram is larger (aiortc_tap.UDP_RECEIVE_SIZE). */
 #define RECEIVE_SIZE 65536
-/* Datagrams read per call before the loop looks at its other sockets. */
-#define MAX_READS 16
 
 typedef int (*unprotect_fn)(void *ctx, void *data, int *len);
 
@@ -264,40 +262,38 @@ static int read_srtcp(Reader *self, Py_ssize_t size) {
     return 0;
 }
 
+/* One datagram per call, as asyncio's transport reads: the loop calls again while more wait
+ * (a second recvfrom to find the socket empty cost more than the rare extra turn). */
 static PyObject *reader_read_ready(Reader *self, PyObject *unused) {
-    for (int i = 0; i < MAX_READS; i++) {
-        struct sockaddr_storage address;
-        socklen_t address_length = sizeof address;
-        ssize_t size = recvfrom(self->fd, buffer, sizeof buffer, MSG_DONTWAIT,
-                                (struct sockaddr *)&address, &address_length);
-        if (size < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                break;
-            if (errno == EINTR)
-                continue;
-            /* As asyncio's transport: the protocol hears of the error (an ICMP one, say). */
-            PyObject *error = PyObject_CallFunction(PyExc_OSError, "is", errno, strerror(errno));
-            if (error == NULL)
-                return NULL;
-            PyObject *call[2] = {self->protocol, error};
-            PyObject *r = PyObject_VectorcallMethod(str_error_received, call,
-                                                    2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-            Py_DECREF(error);
-            if (r == NULL)
-                return NULL;
-            Py_DECREF(r);
-            break;
-        }
-        /* RFC 5761: RTCP packet types 192-223 share the first byte's range with RTP. */
-        int rc;
-        if (self->srtp_context != NULL && size >= 8 && buffer[0] > 127 && buffer[0] < 192 &&
-            buffer[1] > 191 && buffer[1] < 224)
-            rc = read_srtcp(self, size);
-        else
-            rc = hand_on(self, size, &address);
-        if (rc < 0)
-            return NULL; /* the event loop logs it, as it would asyncio's own reader's */
+    struct sockaddr_storage address;
+    socklen_t address_length = sizeof address;
+    ssize_t size = recvfrom(self->fd, buffer, sizeof buffer, MSG_DONTWAIT,
+                            (struct sockaddr *)&address, &address_length);
+    if (size < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            Py_RETURN_NONE;
+        /* As asyncio's transport: the protocol hears of the error (an ICMP one, say). */
+        PyObject *error = PyObject_CallFunction(PyExc_OSError, "is", errno, strerror(errno));
+        if (error == NULL)
+            return NULL;
+        PyObject *call[2] = {self->protocol, error};
+        PyObject *r = PyObject_VectorcallMethod(str_error_received, call,
+                                                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(error);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+        Py_RETURN_NONE;
     }
+    /* RFC 5761: RTCP packet types 192-223 share the first byte's range with RTP. */
+    int rc;
+    if (self->srtp_context != NULL && size >= 8 && buffer[0] > 127 && buffer[0] < 192 &&
+        buffer[1] > 191 && buffer[1] < 224)
+        rc = read_srtcp(self, size);
+    else
+        rc = hand_on(self, size, &address);
+    if (rc < 0)
+        return NULL; /* the event loop logs it, as it would asyncio's own reader's */
     Py_RETURN_NONE;
 }
 

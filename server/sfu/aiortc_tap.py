@@ -83,6 +83,7 @@ if fanout.NATIVE:
         from server.sfu import _rtcp_reader
     except ImportError:  # not built
         _rtcp_reader = None
+RTCP_IN_C = _rtcp_reader is not None
 
 SUPPORTED_AIORTC = "1.16.0"
 SUPPORTED_AIOICE = "0.13.0"

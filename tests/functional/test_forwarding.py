@@ -197,7 +197,7 @@ async def test_node_neither_decodes_nor_encodes(node, peers, monkeypatch):
     assert len(decoder_threads) == 4, [t.name for t in decoder_threads]  # the subscribers'
 
 
-@pytest.mark.skipif(aiortc_tap._rtcp_reader is None, reason="no RTCP reader in C")
+@pytest.mark.skipif(not aiortc_tap.RTCP_IN_C, reason="no RTCP reader in C")
 async def test_a_subscribers_reports_end_in_c(node, peers, monkeypatch):
     in_python: list[bytes] = []
     read_compound = aiortc_tap._SubscriberRtcp.read_compound

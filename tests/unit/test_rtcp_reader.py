@@ -46,7 +46,7 @@ from tests.unit.test_aiortc_tap import (
 )
 
 pytestmark = pytest.mark.skipif(
-    aiortc_tap._rtcp_reader is None, reason="the RTCP reader in C is not built or not chosen"
+    not aiortc_tap.RTCP_IN_C, reason="the RTCP reader in C is not built or not chosen"
 )
 
 # A DTLS application-data record: not SRTCP, so always handed to aioice's protocol.
