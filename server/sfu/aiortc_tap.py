@@ -9,11 +9,13 @@ Forwarding needs four things aiortc and aioice do not offer publicly:
   for a subclass that reads those counts from our ForwardingSender, which sends the sender
   reports itself, with the packets);
 - the negotiated send parameters (codecs, header-extension ids, mid) of a sender;
-- on a down connection, the subscriber's RTCP read where aioice receives it (_SubscriberRtcp):
-  reports, REMB and extended reports end there, feedback that asks for action goes on to
-  aiortc's handlers; on an up connection, the publisher's RTP decrypted, parsed and forwarded
-  where aioice receives it (_ArrivingRtp) instead of in aiortc's DTLS task; and aioice's
-  StunProtocol hands media on without trying it as STUN, and receives into a 64 KiB buffer.
+- on a down connection, the subscriber's RTCP read where aioice receives it (_SubscriberRtcp;
+  after the first report, in C on the pair's socket in place of asyncio's reader callback:
+  server/sfu/_rtcp_reader.c): reports, REMB and extended reports end there, feedback that
+  asks for action goes on to aiortc's handlers; on an up connection, the publisher's RTP
+  decrypted, parsed and forwarded where aioice receives it (_ArrivingRtp) instead of in
+  aiortc's DTLS task; and aioice's StunProtocol hands media on without trying it as STUN, and
+  receives into a 64 KiB buffer.
 
 `check_internals()` runs at import and tests/unit/test_aiortc_tap.py asserts it, so an aiortc
 upgrade that moves any of these fails loudly instead of silently decoding or dropping media.

@@ -152,6 +152,22 @@ def test_check_internals_fails_when_asyncio_stops_receiving_max_size(
         check_internals()
 
 
+def test_check_internals_fails_when_asyncio_reads_datagrams_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A C Reader (_rtcp_reader.c) stands in for the transport's reader callback: recvfrom,
+    # then datagram_received, or error_received on an OSError.
+    def read_ready(self) -> None:  # type: ignore[no-untyped-def]
+        data, addr = self._sock.recvfrom(self.max_size)
+        self._protocol.datagram_received(data, addr)
+
+    monkeypatch.setattr(
+        asyncio.selector_events._SelectorDatagramTransport, "_read_ready", read_ready
+    )
+    with pytest.raises(TapError, match="error_received"):
+        check_internals()
+
+
 def test_check_internals_fails_when_aiortc_stops_routing_rtp_as_the_lane_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
