@@ -8,7 +8,7 @@ import time
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
 import pytest
-from aiortc import RTCDtlsTransport
+from aiortc import RTCDtlsTransport, sdp
 
 from server.app import ROOMS
 from server.sfu import aiortc_tap
@@ -49,6 +49,28 @@ async def test_two_subscribers_get_every_frame_in_order_at_the_sent_size(node, p
         assert report.fps >= 25, report.summary()
     assert node.stats.forwarded_packets > 0
     assert node.stats.dropped_packets == 0
+
+
+async def test_h264_is_forwarded_when_the_publisher_offers_only_that(node, peers):
+    publisher, sub = await peers("pub"), await peers("sub")
+    await publisher.join("h264")
+    await sub.join("h264")
+    await sub.subscribe()
+    await publisher.publish([BarcodeVideoTrack(), ToneAudioTrack()], video_codec="video/H264")
+    await sub.wait_for(
+        lambda: video_of(sub) and len(video_of(sub).frames) >= 60, 15, "60 H.264 frames"
+    )
+    room = node.app[ROOMS].by_name["h264"]
+    (video,) = [t for p in room.participants.values() for t in p.tracks if t.kind == "video"]
+    assert video.codec.mimeType.lower() == "video/h264", "the publisher's codec, as it sent it"
+    # The subscriber is offered that codec only (and RTX): nothing to transcode to.
+    offer = sdp.SessionDescription.parse(sub.down_pc.remoteDescription.sdp)
+    (video_line,) = [m for m in offer.media if m.kind == "video"]
+    assert {c.mimeType.lower() for c in video_line.rtp.codecs} == {"video/h264", "video/rtx"}
+    report = check_frames(video_of(sub).frames)
+    assert report.unreadable == 0, report.summary()
+    assert report.increasing and report.missing == 0, report.summary()
+    assert report.sizes == {(640, 360)}, report.summary()
 
 
 async def test_late_joiner_decodes_video_within_a_second(node, peers):

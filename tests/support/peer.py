@@ -28,6 +28,7 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
@@ -289,12 +290,15 @@ class Peer:
         tracks: list[MediaStreamTrack],
         pc: str = "main",
         sources: dict[str, str] | None = None,
+        video_codec: str | None = None,
     ) -> dict[str, Any]:
         """Publish `tracks` on up connection `pc` (created, or renegotiated if it exists).
 
         `sources` maps a local track's `id` (or a kind, "video"/"audio") to a source
         ("camera", "microphone", "screen", "screen-audio"); the default is camera/microphone.
-        Returns the ok result ({"sdp", "tracks"}); raises SignalingError on an error ack.
+        `video_codec` ("video/H264", say) offers only that codec (and RTX) for video, as a
+        browser that has no other would. Returns the ok result ({"sdp", "tracks"}); raises
+        SignalingError on an error ack.
         """
         sources = sources or {}
         conn = self.up_pcs.get(pc)
@@ -308,6 +312,10 @@ class Peer:
             if id(track) in known:
                 continue
             transceiver = conn.addTransceiver(track, direction="sendonly")
+            if video_codec is not None and track.kind == "video":
+                wanted = (video_codec.lower(), "video/rtx")
+                codecs = RTCRtpSender.getCapabilities("video").codecs
+                transceiver.setCodecPreferences([c for c in codecs if c.mimeType.lower() in wanted])
             source = sources.get(track.id) or sources.get(track.kind) or _default_source(track.kind)
             entries.append((track, transceiver, source))
             if track not in self._owned_tracks:
