@@ -48,6 +48,66 @@ async def test_two_pages_see_each_other_and_a_leave_shows(node, new_page):
     assert node.stats.forwarded_packets > 0
 
 
+async def test_the_prejoin_check_shows_camera_microphone_level_and_devices(node, new_page):
+    page = await new_page()
+    token = await node.invite("kiem-tra", "member")
+    await page.goto(node.invitation_url("kiem-tra", token), wait_until="domcontentloaded")
+    await page.wait_for_function(
+        "() => { const v = document.querySelector('#preview'); return v && v.videoWidth > 0; }"
+    )
+    # Chromium's fake microphone plays a beep: the level meter moves.
+    await page.wait_for_function("() => document.querySelector('#mic-level').value > 0.01")
+    for picker in ("#camera-select", "#mic-select"):
+        devices = await page.eval_on_selector_all(
+            f"{picker} option", "options => options.map(o => [o.value, o.textContent])"
+        )
+        real = [d for d in devices if d[0] != "off"]
+        assert real and all(label.strip() for _, label in real), (picker, devices)
+        assert await page.eval_on_selector(picker, "s => s.value") == real[0][0], devices
+
+
+SCREEN_FRAMES = """
+(pid) => {
+  const tile = document.querySelector(`#screens .screen-tile[data-participant-id="${pid}"]`);
+  const video = tile && tile.querySelector('video');
+  return video && video.videoWidth > 0 ? video.getVideoPlaybackQuality().totalVideoFrames : 0;
+}
+"""
+
+
+async def test_a_shared_screen_reaches_the_other_page_and_goes_when_stopped(node, new_page):
+    presenter, viewer = await new_page(), await new_page()
+    presenter_id = await join_via_ui(presenter, node, "trinh-chieu", "Sở Nông nghiệp")
+    await join_via_ui(viewer, node, "trinh-chieu", "UBND xã C")
+    await wait_for_remote_video(viewer, presenter_id)
+
+    # Chromium's fake capture (--use-fake-ui-for-media-stream) answers getDisplayMedia.
+    await presenter.click("#share-screen")
+    await presenter.wait_for_selector("#sharing-note", state="visible", timeout=5_000)
+    assert await presenter.get_attribute("#share-screen", "aria-pressed") == "true"
+    frames = await viewer.wait_for_function(SCREEN_FRAMES, arg=presenter_id, timeout=10_000)
+    start = await frames.json_value()
+    # The shared screen plays on: 10 more frames decoded (the camera tile stays too).
+    await viewer.wait_for_function(
+        f"(pid) => ({SCREEN_FRAMES.strip()})(pid) >= {start + 10}", arg=presenter_id
+    )
+    await wait_for_remote_video(viewer, presenter_id)
+    room = node.app[ROOMS].by_name["trinh-chieu"]
+    sources = {t.source for t in room.participants[presenter_id].tracks}
+    assert {"camera", "screen"} <= sources, sources
+
+    await presenter.click("#stop-share")
+    await viewer.wait_for_selector(
+        f'#screens .screen-tile[data-participant-id="{presenter_id}"]',
+        state="detached",
+        timeout=5_000,
+    )
+    await presenter.wait_for_selector("#sharing-note", state="hidden", timeout=5_000)
+    sources = {t.source for t in room.participants[presenter_id].tracks}
+    assert "screen" not in sources, sources
+    await wait_for_remote_video(viewer, presenter_id)  # the camera goes on
+
+
 async def test_a_page_that_only_receives_learns_its_round_trip_time(node, new_page):
     # Chromium times a connection it only receives on through the node's DLRR answers; with
     # the round-trip time known it asks again for a lost packet after it, not after 100 ms.
