@@ -184,6 +184,29 @@ async def test_pages_rejoin_by_themselves_after_the_node_restarts(node, new_page
     assert await first.query_selector(f'#grid .tile[data-participant-id="{second_id}"]') is None
 
 
+async def test_a_page_whose_media_path_breaks_reconnects_it_by_itself(node, new_page):
+    presenter, viewer = await new_page(), await new_page()
+    presenter_id = await join_via_ui(presenter, node, "duong-truyen", "UBND tỉnh")
+    viewer_id = await join_via_ui(viewer, node, "duong-truyen", "UBND xã G")
+    await wait_for_remote_video(viewer, presenter_id)
+    room = node.app[ROOMS].by_name["duong-truyen"]
+    broken = room.participants[viewer_id].down
+    # The viewer's media path breaks while its signaling stays up: the node's sockets of
+    # that down connection close, as when a commune's link drops UDP.
+    dtls = broken.pc.getTransceivers()[0].sender.transport
+    for protocol in dtls.transport._connection._protocols:
+        protocol.transport.close()
+
+    await viewer.wait_for_selector('#conn-state[data-state="reconnecting"]', timeout=15_000)
+    await viewer.wait_for_selector('#conn-state[data-state="connected"]', timeout=20_000)
+    # Same participant (no rejoin needed), a new down connection, the video plays again.
+    assert await viewer.evaluate("() => window.giaoban.client.participantId") == viewer_id
+    assert room.participants[viewer_id].down is not broken
+    await wait_for_remote_video(viewer, presenter_id, timeout=10.0)
+    seen = await received_video(viewer, presenter_id, 2.0)
+    assert seen["fps"] >= 10, seen
+
+
 async def test_a_name_with_markup_is_shown_as_text(node, new_page):
     hostile = '<img src=x onerror="window.__pwned=1">UBND xã E'
     watcher, other = await new_page(), await new_page()
