@@ -207,6 +207,28 @@ async def test_a_page_whose_media_path_breaks_reconnects_it_by_itself(node, new_
     assert seen["fps"] >= 10, seen
 
 
+async def test_the_active_speaker_is_highlighted_on_the_other_page(node, new_page):
+    first, second = await new_page(), await new_page()
+    first_id = await join_via_ui(first, node, "phat-bieu", "UBND tỉnh")
+    second_id = await join_via_ui(second, node, "phat-bieu", "UBND xã H")
+    await wait_for_remote_video(first, second_id)
+    await wait_for_remote_video(second, first_id)
+    # Only the second page's (fake, beeping) microphone is on: the node names it the speaker
+    # from the audio level its packets carry (RFC 6464), and both pages show it.
+    await first.click("#toggle-mic")
+    await first.wait_for_selector(f'#grid .tile.speaking[data-participant-id="{second_id}"]')
+    await second.wait_for_selector("#self-view.speaking")
+    # The floor changes hands.
+    await second.click("#toggle-mic")
+    await first.click("#toggle-mic")
+    await second.wait_for_selector(f'#grid .tile.speaking[data-participant-id="{first_id}"]')
+    await first.wait_for_selector("#self-view.speaking")
+    assert (
+        await first.query_selector(f'#grid .tile.speaking[data-participant-id="{second_id}"]')
+        is None
+    )
+
+
 async def test_a_name_with_markup_is_shown_as_text(node, new_page):
     hostile = '<img src=x onerror="window.__pwned=1">UBND xã E'
     watcher, other = await new_page(), await new_page()
