@@ -270,10 +270,11 @@ static PyObject *reader_read_ready(Reader *self, PyObject *unused) {
     ssize_t size = recvfrom(self->fd, buffer, sizeof buffer, MSG_DONTWAIT,
                             (struct sockaddr *)&address, &address_length);
     if (size < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        int failure = errno;
+        if (failure == EAGAIN || failure == EWOULDBLOCK || failure == EINTR)
             Py_RETURN_NONE;
         /* As asyncio's transport: the protocol hears of the error (an ICMP one, say). */
-        PyObject *error = PyObject_CallFunction(PyExc_OSError, "is", errno, strerror(errno));
+        PyObject *error = PyObject_CallFunction(PyExc_OSError, "is", failure, strerror(failure));
         if (error == NULL)
             return NULL;
         PyObject *call[2] = {self->protocol, error};

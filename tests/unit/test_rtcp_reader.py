@@ -9,6 +9,8 @@ what aioice queues for it stays in the queue, where the tests read it.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import random
 import socket
 import struct
@@ -354,3 +356,29 @@ async def test_c_ends_only_what_the_python_reader_finds_nothing_to_do_in(
     acted_on = [c for c in compounds if not nothing_to_do(rtcp_feedback.read_subscriber_rtcp(c))]
     assert all(c in came_back for c in acted_on), "all that asks for something reaches Python"
     assert reader.ended >= 20 and len(acted_on) >= 100  # both kinds were in the mix
+
+
+def test_a_receive_error_goes_to_the_protocol_as_asyncio_hands_it(dtls: RTCDtlsTransport) -> None:
+    class Protocol:
+        def __init__(self) -> None:
+            self.errors: list[OSError] = []
+
+        def error_received(self, exc: OSError) -> None:
+            self.errors.append(exc)
+
+    protocol = Protocol()
+    read_end, write_end = os.pipe()  # not a socket: recvfrom fails with ENOTSOCK
+    try:
+        reader = aiortc_tap._rtcp_reader.Reader(protocol, read_end, dtls, lambda c, a: None)
+        reader.read_ready()
+        ((error,),) = [protocol.errors]
+        assert isinstance(error, OSError) and error.errno == errno.ENOTSOCK
+        # A socket with nothing to read: nothing happens (the loop calls again when it has).
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as empty:
+            empty.bind(("127.0.0.1", 0))
+            quiet = aiortc_tap._rtcp_reader.Reader(protocol, empty.fileno(), dtls, print)
+            quiet.read_ready()
+        assert len(protocol.errors) == 1
+    finally:
+        os.close(read_end)
+        os.close(write_end)
