@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -65,8 +67,15 @@ async def test_unreachable_server_is_a_store_error_without_the_password(tmp_path
 
 async def test_unwritable_sqlite_file_is_a_store_error(tmp_path: Path) -> None:
     (tmp_path / "giaoban.sqlite3").mkdir()  # a directory where the file should be
+    before = set(threading.enumerate())
     with pytest.raises(StoreError, match="cannot open the database"):
         await open_database(Config(data_dir=tmp_path))
+    # aiosqlite stops a failed connection's worker thread with a future nobody awaits; the
+    # thread hands it back to this test's loop, which must still run then (else "Event loop
+    # is closed" in the thread, as pytest warned now and then: omnilib/aiosqlite#389).
+    workers = [t for t in set(threading.enumerate()) - before if "_connection_worker" in t.name]
+    await asyncio.to_thread(lambda: [t.join(10) for t in workers])
+    assert not any(t.is_alive() for t in workers)
 
 
 # -- migrations ---------------------------------------------------------------------------------
