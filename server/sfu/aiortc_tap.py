@@ -75,6 +75,7 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from server.sfu import fanout, rtcp_feedback, rtcp_xr
+from server.sfu.nack import NackSchedule
 from server.sfu.rtp_header import ExtensionIds
 
 # A subscriber's RTCP read in C (_rtcp_reader.c), with the forwarding loop in C: both are
@@ -89,7 +90,6 @@ RTCP_IN_C = _rtcp_reader is not None
 
 SUPPORTED_AIORTC = "1.16.0"
 SUPPORTED_AIOICE = "0.13.0"
-RENACK_INTERVAL_MS = 20
 
 _R = "_RTCRtpReceiver__"
 _S = "_RTCRtpSender__"
@@ -358,7 +358,7 @@ def disable_decoding(
     nack_generator = getattr(receiver, _R + "nack_generator")
     estimator = getattr(receiver, _R + "remote_bitrate_estimator")
     statistics_class = _receiver_module.StreamStatistics
-    last_nack = [0]  # arrival time (ms) of the last NACK sent
+    schedule = NackSchedule()
     rtcp_ssrc_field = _R + "rtcp_ssrc"
 
     def receive(packet: RtpPacket, arrival_time_ms: int) -> Awaitable[None] | None:
@@ -408,14 +408,13 @@ def disable_decoding(
             codec = codecs[apt]
             retransmitted = True
         if nack_generator is not None:
-            # aiortc NACKs a gap once; if that NACK or its retransmission is lost too, the
-            # packet never comes and every subscriber freezes until a keyframe. Ask again
-            # while it is missing (aiortc forgets gaps older than 128 packets), as libwebrtc does.
-            if nack_generator.add(packet) or (
-                nack_generator.missing and arrival_time_ms - last_nack[0] >= RENACK_INTERVAL_MS
-            ):
-                last_nack[0] = arrival_time_ms
-                nack = receiver._send_rtcp_nack(packet.ssrc, sorted(nack_generator.missing))
+            # aiortc finds the gaps (and forgets those older than 128 packets); when to ask for
+            # each, and again while it is missing, is the schedule's (server/sfu/nack.py).
+            new_gap = nack_generator.add(packet)
+            schedule.arrived(packet.sequence_number, arrival_time_ms)
+            lost = schedule.due(nack_generator.missing, arrival_time_ms, new_gap)
+            if lost:
+                nack = receiver._send_rtcp_nack(packet.ssrc, lost)
                 sends = [nack] if sends is None else [*sends, nack]
         pending = on_packet(packet, codec, retransmitted)
         if sends is None:

@@ -56,7 +56,7 @@ from aiortc.rtp import (
     wrap_rtx,
 )
 
-from server.sfu import aiortc_tap
+from server.sfu import aiortc_tap, nack
 from server.sfu.aiortc_tap import (
     ForwardingSender,
     SenderFeedback,
@@ -425,7 +425,7 @@ async def test_a_missing_packet_is_nacked_again_until_it_arrives(
 ) -> None:
     receiver, _sink = tapped
     nacks = record_nacks(receiver, monkeypatch)
-    step = aiortc_tap.RENACK_INTERVAL_MS
+    step = nack.RENACK_MIN_MS
     await receiver._handle_rtp_packet(media_packet(100), arrival_time_ms=1000)
     await receiver._handle_rtp_packet(media_packet(102), arrival_time_ms=1000)  # 101 lost
     await receiver._handle_rtp_packet(media_packet(103), arrival_time_ms=1000 + step - 1)
@@ -435,6 +435,25 @@ async def test_a_missing_packet_is_nacked_again_until_it_arrives(
     await receiver._handle_rtp_packet(media_packet(101), arrival_time_ms=1000 + 2 * step)
     await receiver._handle_rtp_packet(media_packet(105), arrival_time_ms=1000 + 4 * step)
     assert len(nacks) == 2  # arrived: nothing more to ask for
+
+
+async def test_a_publisher_a_round_trip_away_is_asked_again_only_after_it(
+    tapped: tuple[RTCRtpReceiver, Sink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver, _sink = tapped
+    nacks = record_nacks(receiver, monkeypatch)
+    handle = receiver._handle_rtp_packet
+    await handle(media_packet(100), arrival_time_ms=0)
+    await handle(media_packet(102), arrival_time_ms=0)  # 101 lost: asked for at once
+    await handle(media_packet(101), arrival_time_ms=200)  # resent: a 200 ms round trip
+    await handle(media_packet(104), arrival_time_ms=1000)  # 103 lost: asked for at once
+    seq = 105
+    for at in range(1020, 1300, 20):  # packets keep coming while 103 is missing
+        await handle(media_packet(seq), arrival_time_ms=at)
+        seq += 1
+    assert nacks == [(MEDIA_SSRC, [101]), (MEDIA_SSRC, [103])], "not every 20 ms"
+    await handle(media_packet(seq), arrival_time_ms=1300)  # a round trip and a half later
+    assert nacks[-1] == (MEDIA_SSRC, [103]) and len(nacks) == 3
 
 
 async def test_request_keyframe_sends_a_pli(
