@@ -11,8 +11,11 @@ since it was last asked for, at most MAX_TRIES times.
 
 The round trip is measured here, where nothing else measures it (the node receives from the
 publisher; the publisher measures the round trip from the node's reports, the node cannot):
-a packet that arrives after the node asked for it took about a round trip since the last time
-it was asked for, the publisher's pacing included, which is what the timing must allow for.
+a packet that arrives after the node asked for it took about a round trip since it was first
+asked for, the publisher's pacing included, which is what the timing must allow for. (Since
+the last time it was asked for would be shorter than the round trip whenever a retry went out
+before the first answer came, as it does every time until a round trip is known; a lost first
+NACK makes the sample one interval long instead, which the smoothing absorbs.)
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ class NackSchedule:
     """Which of a receiver's missing packets to NACK now, one schedule per receiver."""
 
     def __init__(self) -> None:
-        self._asked: dict[int, tuple[int, int]] = {}  # seq -> (last asked at ms, times asked)
+        # seq -> (first asked at, last asked at (ms), times asked)
+        self._asked: dict[int, tuple[int, int, int]] = {}
         self._next_due_ms: int | None = None
         self.rtt_ms: float | None = None  # smoothed as TCP smooths its round trip (1/8)
 
@@ -42,7 +46,7 @@ class NackSchedule:
         asked = self._asked.pop(seq, None)
         if asked is None:
             return
-        sample = min(max(now_ms - asked[0], 1), RTT_MAX_MS)
+        sample = min(max(now_ms - asked[0], 1), RTT_MAX_MS)  # since first asked for
         rtt = self.rtt_ms
         self.rtt_ms = sample if rtt is None else rtt + (sample - rtt) / 8
 
@@ -59,15 +63,18 @@ class NackSchedule:
         next_due: float | None = None
         for seq in missing:
             previous = asked.get(seq)
-            if previous is None or (previous[1] < MAX_TRIES and now_ms - previous[0] >= interval):
-                times = 1 if previous is None else previous[1] + 1
-                asked[seq] = (now_ms, times)
-                due.append(seq)
-                if times < MAX_TRIES:
-                    at = now_ms + interval
+            if previous is None:
+                asked[seq] = (now_ms, now_ms, 1)
+            elif previous[2] < MAX_TRIES and now_ms - previous[1] >= interval:
+                asked[seq] = (previous[0], now_ms, previous[2] + 1)
+            else:
+                if previous[2] < MAX_TRIES:
+                    at = previous[1] + interval
                     next_due = at if next_due is None else min(next_due, at)
-            elif previous[1] < MAX_TRIES:
-                at = previous[0] + interval
+                continue
+            due.append(seq)
+            if asked[seq][2] < MAX_TRIES:
+                at = now_ms + interval
                 next_due = at if next_due is None else min(next_due, at)
         self._next_due_ms = None if next_due is None else int(next_due + 0.999)
         return sorted(due)

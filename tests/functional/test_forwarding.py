@@ -13,6 +13,7 @@ from aiortc import RTCDtlsTransport, sdp
 from server.app import ROOMS
 from server.sfu import aiortc_tap
 from tests.support.frames import check_frames
+from tests.support.loss import slow_link
 from tests.support.media import BarcodeVideoTrack, ToneAudioTrack
 from tests.support.wait import eventually
 
@@ -71,6 +72,41 @@ async def test_h264_is_forwarded_when_the_publisher_offers_only_that(node, peers
     assert report.unreadable == 0, report.summary()
     assert report.increasing and report.missing == 0, report.summary()
     assert report.sizes == {(640, 360)}, report.summary()
+
+
+async def test_a_publisher_a_round_trip_away_is_asked_about_once_per_lost_packet(node, peers):
+    # A 100 ms round trip and 3 % loss between every peer and the node: the node asks the
+    # publisher again for a packet only after a round trip and a half, so about once per
+    # lost packet (every 20 ms, it asked about five times before the answer could come).
+    with slow_link(delay_ms=50, rate=0.03) as link:
+        publisher, sub = await peers("pub"), await peers("sub")
+        await publisher.join("slow-link")
+        await sub.join("slow-link")
+        await sub.subscribe()
+        await publisher.publish([BarcodeVideoTrack(), ToneAudioTrack()])
+        room = node.app[ROOMS].by_name["slow-link"]
+        asked: list[int] = []
+        for track in [t for p in room.participants.values() for t in p.tracks]:
+            send_nack = track._receiver._send_rtcp_nack
+
+            async def counting(ssrc, lost, send_nack=send_nack):  # type: ignore[no-untyped-def]
+                asked.extend(lost)
+                await send_nack(ssrc, lost)
+
+            track._receiver._send_rtcp_nack = counting
+        await sub.wait_for(
+            lambda: video_of(sub) and len(video_of(sub).frames) >= 180, 25, "180 frames"
+        )
+    # Until the first answer the round trip is unknown and the first lost packet is asked for
+    # every 20 ms; after it, each is asked for once, or twice when a NACK or answer was lost.
+    times: dict[int, int] = {}
+    for seq in asked:
+        times[seq] = times.get(seq, 0) + 1
+    _first, *later = times.values()  # in the order first asked for
+    assert link.dropped_in >= 20 and len(later) >= 3, (link, times)
+    assert sum(later) / len(later) <= 1.5, times
+    report = check_frames(video_of(sub).frames)
+    assert report.unreadable == 0 and report.increasing, report.summary()
 
 
 async def test_late_joiner_decodes_video_within_a_second(node, peers):

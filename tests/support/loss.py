@@ -11,6 +11,7 @@ the system's sendto itself and so takes a filter (fanout.set_send_filter) for th
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 from collections.abc import Iterator
@@ -82,3 +83,28 @@ def packet_loss(rate: float, seed: int = 7) -> Iterator[LossCounters]:
         socket.socket.sendto = original_sendto  # type: ignore[method-assign]
         fanout.set_send_filter(None)
         aiortc_tap.set_receive_filter(None)
+
+
+@contextmanager
+def slow_link(delay_ms: float, rate: float, seed: int = 11) -> Iterator[LossCounters]:
+    """Every datagram aioice's protocols receive arrives `delay_ms` late, and `rate` of the
+    media ones not at all, while the context is open: with the node and aiortc peers in one
+    process, a link with a round trip of twice `delay_ms` between each peer and the node."""
+    rng = random.Random(seed)
+    counters = LossCounters()
+    original_receive = StunProtocol.datagram_received
+    delay = delay_ms / 1000
+
+    def datagram_received(self, data, addr):  # type: ignore[no-untyped-def]
+        if _is_media(data):
+            counters.received += 1
+            if rng.random() < rate:
+                counters.dropped_in += 1
+                return
+        asyncio.get_running_loop().call_later(delay, original_receive, self, data, addr)
+
+    StunProtocol.datagram_received = datagram_received  # type: ignore[method-assign]
+    try:
+        yield counters
+    finally:
+        StunProtocol.datagram_received = original_receive  # type: ignore[method-assign]

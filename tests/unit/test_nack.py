@@ -60,3 +60,13 @@ def test_what_aiortc_no_longer_counts_missing_is_forgotten() -> None:
     assert len(schedule._asked) == 1
     schedule.arrived(150, 400)  # long forgotten: no round-trip sample from it
     assert schedule.rtt_ms is None
+
+
+def test_the_round_trip_counts_from_the_first_time_a_packet_was_asked_for() -> None:
+    # Until a round trip is known the node asks every 20 ms: the answer to the first NACK
+    # comes after the later ones went out, and the time since the last would be far too short.
+    schedule = NackSchedule()
+    for at in (0, 20, 40, 60, 80):
+        assert schedule.due({9}, at, new_gap=at == 0) == [9]
+    schedule.arrived(9, 100)
+    assert schedule.rtt_ms == 100
