@@ -3,19 +3,19 @@
 aiortc's NackGenerator finds the gaps in what a publisher sends; its receiver NACKs each gap
 once. If that NACK or the retransmission is lost too, the packet never comes and every
 subscriber freezes until a keyframe, so the node asks again while the packet is missing. Not
-every 20 ms regardless, though: on a commune link with a 200 ms round trip that asked ten
-times for each lost packet before its retransmission could arrive, on the link that has the
-least to spare (and a publisher that does not hold repeats back retransmits each). As
-libwebrtc's NackRequester does, a packet is asked for again only after a round trip and a half
-since it was last asked for, at most MAX_TRIES times.
+every 20 ms regardless, though: over a commune link with a 200 ms round trip that asked ten
+times for each lost packet before the retransmission could arrive, and a publisher that does
+not hold repeated requests back sends a retransmission for each. As libwebrtc's NackRequester
+does, a packet is asked for again only a round trip and a half after it was last asked for,
+and at most MAX_TRIES times.
 
-The round trip is measured here, where nothing else measures it (the node receives from the
-publisher; the publisher measures the round trip from the node's reports, the node cannot):
-a packet that arrives after the node asked for it took about a round trip since it was first
-asked for, the publisher's pacing included, which is what the timing must allow for. (Since
-the last time it was asked for would be shorter than the round trip whenever a retry went out
-before the first answer came, as it does every time until a round trip is known; a lost first
-NACK makes the sample one interval long instead, which the smoothing absorbs.)
+The round trip is measured here, where nothing else measures it (the publisher learns it from
+the node's reports; the node, which receives, cannot): a packet that arrives after the node
+asked for it took about a round trip since it was *first* asked for, the publisher's pacing
+included, which is what the timing must allow for. Counted from the last time instead, the
+samples were about 1 ms: until a round trip is known, retries go out every 20 ms, and the
+answer to the first comes after them. A lost first NACK makes a sample one interval too long,
+which the smoothing absorbs.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class NackSchedule:
         asked = self._asked.pop(seq, None)
         if asked is None:
             return
+        if asked[2] >= MAX_TRIES:
+            return  # given up long ago: when it came says little about the link
         sample = min(max(now_ms - asked[0], 1), RTT_MAX_MS)  # since first asked for
         rtt = self.rtt_ms
         self.rtt_ms = sample if rtt is None else rtt + (sample - rtt) / 8

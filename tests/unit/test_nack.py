@@ -70,3 +70,11 @@ def test_the_round_trip_counts_from_the_first_time_a_packet_was_asked_for() -> N
         assert schedule.due({9}, at, new_gap=at == 0) == [9]
     schedule.arrived(9, 100)
     assert schedule.rtt_ms == 100
+
+
+def test_a_packet_given_up_on_is_no_round_trip_sample() -> None:
+    schedule = NackSchedule()
+    for n in range(MAX_TRIES):
+        schedule.due({5}, n * RENACK_MIN_MS, new_gap=n == 0)
+    schedule.arrived(5, 900)
+    assert schedule.rtt_ms is None
