@@ -89,7 +89,8 @@ def packet_loss(rate: float, seed: int = 7) -> Iterator[LossCounters]:
 def slow_link(delay_ms: float, rate: float, seed: int = 11) -> Iterator[LossCounters]:
     """Every datagram aioice's protocols receive arrives `delay_ms` late, and `rate` of the
     media ones not at all, while the context is open: with the node and aiortc peers in one
-    process, a link with a round trip of twice `delay_ms` between each peer and the node."""
+    process, a link with a round trip of twice `delay_ms` between each peer and the node
+    (but for a subscriber's RTCP after its first report, which the node reads in C)."""
     rng = random.Random(seed)
     counters = LossCounters()
     original_receive = StunProtocol.datagram_received
