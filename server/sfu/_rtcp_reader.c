@@ -307,8 +307,6 @@ static PyMethodDef reader_methods[] = {
 };
 
 static PyMemberDef reader_members[] = {
-    {"fd", T_INT, offsetof(Reader, fd), READONLY, NULL},
-    {"protocol", T_OBJECT, offsetof(Reader, protocol), READONLY, NULL},
     {"ended", T_ULONGLONG, offsetof(Reader, ended), READONLY,
      "Compounds of reports only that ended here."},
     {"__weaklistoffset__", T_PYSSIZET, offsetof(Reader, weakrefs), READONLY, NULL},

@@ -865,7 +865,7 @@ class _SubscriberRtcp(_Lane):
         self.dlrr_video = False
         # The C Reader on the nominated pair's socket (_rtcp_reader.c), False where none is
         # used (not built, the Python loop chosen, a pair through TURN), None until looked at.
-        self.reader: object = None if _rtcp_reader is not None else False
+        self.reader: object = None if RTCP_IN_C else False
 
     def answer_from(self, sender_ssrc: int, video: bool) -> None:
         """DLRRs come from one of the transport's senders, a video one's when there is one:
@@ -927,11 +927,11 @@ class _SubscriberRtcp(_Lane):
         self.reader = False
         protocol = pair.protocol
         udp = getattr(protocol, "transport", None)
+        # asyncio's own selector transport (made by a selector loop only): its reader is ours.
         if (
             type(protocol) is not StunProtocol
             or type(udp) is not _SelectorDatagramTransport
             or udp.is_closing()
-            or not isinstance(udp._loop, BaseSelectorEventLoop)
         ):
             return
         srtp = dtls._rx_srtp  # type: ignore[attr-defined]

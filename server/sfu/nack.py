@@ -20,6 +20,8 @@ which the smoothing absorbs.
 
 from __future__ import annotations
 
+import math
+
 RENACK_MIN_MS = 20  # never sooner, and this often until a round trip is known
 MAX_TRIES = 10  # then the packet is given up: a subscriber's keyframe request recovers
 RTT_MAX_MS = 1000  # a sample above this is taken as this (a late straggler, not the link)
@@ -78,5 +80,5 @@ class NackSchedule:
             if asked[seq][2] < MAX_TRIES:
                 at = now_ms + interval
                 next_due = at if next_due is None else min(next_due, at)
-        self._next_due_ms = None if next_due is None else int(next_due + 0.999)
+        self._next_due_ms = None if next_due is None else math.ceil(next_due)
         return sorted(due)

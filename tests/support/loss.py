@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -35,6 +35,23 @@ class LossCounters:
     dropped_out: int = 0
 
 
+def _arrival_losses(
+    rate: float, rng: random.Random, counters: LossCounters
+) -> Callable[[bytes], bool]:
+    """True for `rate` of the media datagrams it is given (lost on arrival), counted."""
+
+    def lost_on_arrival(data: bytes) -> bool:
+        if not _is_media(data):
+            return False
+        counters.received += 1
+        if rng.random() < rate:
+            counters.dropped_in += 1
+            return True
+        return False
+
+    return lost_on_arrival
+
+
 @contextmanager
 def packet_loss(rate: float, seed: int = 7) -> Iterator[LossCounters]:
     """Drop `rate` of media datagrams in both directions while the context is open."""
@@ -43,12 +60,11 @@ def packet_loss(rate: float, seed: int = 7) -> Iterator[LossCounters]:
     original_receive = StunProtocol.datagram_received
     original_sendto = socket.socket.sendto
 
+    lost_on_arrival = _arrival_losses(rate, rng, counters)
+
     def datagram_received(self, data, addr):  # type: ignore[no-untyped-def]
-        if _is_media(data):
-            counters.received += 1
-            if rng.random() < rate:
-                counters.dropped_in += 1
-                return None
+        if lost_on_arrival(data):
+            return None
         return original_receive(self, data, addr)
 
     def lost(data: bytes) -> bool:
@@ -64,13 +80,6 @@ def packet_loss(rate: float, seed: int = 7) -> Iterator[LossCounters]:
         if lost(data):
             return len(data)  # as sent, as far as the sender can tell
         return original_sendto(self, data, *args)
-
-    def lost_on_arrival(data: bytes) -> bool:
-        counters.received += 1
-        if rng.random() < rate:
-            counters.dropped_in += 1
-            return True
-        return False
 
     StunProtocol.datagram_received = datagram_received  # type: ignore[method-assign]
     socket.socket.sendto = sendto  # type: ignore[method-assign]
@@ -91,17 +100,15 @@ def slow_link(delay_ms: float, rate: float, seed: int = 11) -> Iterator[LossCoun
     media ones not at all, while the context is open: with the node and aiortc peers in one
     process, a link with a round trip of twice `delay_ms` between each peer and the node
     (but for a subscriber's RTCP after its first report, which the node reads in C)."""
-    rng = random.Random(seed)
     counters = LossCounters()
     original_receive = StunProtocol.datagram_received
     delay = delay_ms / 1000
 
+    lost_on_arrival = _arrival_losses(rate, random.Random(seed), counters)
+
     def datagram_received(self, data, addr):  # type: ignore[no-untyped-def]
-        if _is_media(data):
-            counters.received += 1
-            if rng.random() < rate:
-                counters.dropped_in += 1
-                return
+        if lost_on_arrival(data):
+            return
         asyncio.get_running_loop().call_later(delay, original_receive, self, data, addr)
 
     StunProtocol.datagram_received = datagram_received  # type: ignore[method-assign]
